@@ -1,0 +1,186 @@
+//! Every error meshgate itself produces, and the ONE table that says how each is shown
+//! to clients: HTTP status, gRPC code, OpenAI error `type` and `code`, and whether the
+//! request may be tried on another node. Fronts render from [`GatewayError::class`];
+//! nothing else decides a status.
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use meshgate_proto::openai::ErrorEnvelope;
+use meshgate_transports::{Kind, Phase, TransportError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The body is not JSON at all (syntax error, truncated, not UTF-8).
+    #[error("{0}")]
+    MalformedJson(String),
+    /// Valid JSON, but a field is missing or has the wrong type/value.
+    #[error("{message}")]
+    InvalidField {
+        message: String,
+        param: Option<String>,
+    },
+    #[error("request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("the model `{0}` does not exist or no node serves it")]
+    ModelNotFound(String),
+    #[error("Invalid URL ({method} {path})")]
+    UnknownRoute { method: String, path: String },
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
+    #[error("no node that serves `{0}` is available right now")]
+    NoNodeAvailable(String),
+    #[error("node `{node}`: {source}")]
+    Upstream {
+        node: String,
+        source: TransportError,
+    },
+    #[error("node `{node}` sent a response larger than {limit} bytes")]
+    UpstreamTooLarge { node: String, limit: usize },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// How one kind of error is presented on each front.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Class {
+    pub status: StatusCode,
+    pub grpc: GrpcCode,
+    /// OpenAI's error `type`.
+    pub kind: &'static str,
+    /// OpenAI's error `code`.
+    pub code: Option<&'static str>,
+    /// Whether the same request may be sent to another node.
+    pub failover: bool,
+}
+
+/// The gRPC status codes meshgate uses (numbering from grpc/status.proto).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+pub enum GrpcCode {
+    InvalidArgument = 3,
+    DeadlineExceeded = 4,
+    NotFound = 5,
+    ResourceExhausted = 8,
+    Unimplemented = 12,
+    Internal = 13,
+    Unavailable = 14,
+}
+
+const fn class(
+    status: StatusCode,
+    grpc: GrpcCode,
+    kind: &'static str,
+    code: Option<&'static str>,
+    failover: bool,
+) -> Class {
+    Class {
+        status,
+        grpc,
+        kind,
+        code,
+        failover,
+    }
+}
+
+const INVALID: &str = "invalid_request_error";
+const SERVER: &str = "server_error";
+
+impl GatewayError {
+    /// The table.
+    #[rustfmt::skip]
+    pub fn class(&self) -> Class {
+        use GrpcCode as G;
+        use StatusCode as S;
+        match self {
+            Self::MalformedJson(_) => class(S::BAD_REQUEST, G::InvalidArgument, INVALID, Some("invalid_json"), false),
+            Self::InvalidField { .. } => class(S::BAD_REQUEST, G::InvalidArgument, INVALID, Some("invalid_value"), false),
+            Self::PayloadTooLarge { .. } => class(S::PAYLOAD_TOO_LARGE, G::ResourceExhausted, INVALID, Some("request_too_large"), false),
+            Self::ModelNotFound(_) => class(S::NOT_FOUND, G::NotFound, INVALID, Some("model_not_found"), false),
+            Self::UnknownRoute { .. } => class(S::NOT_FOUND, G::Unimplemented, INVALID, Some("unknown_url"), false),
+            Self::MethodNotAllowed { .. } => class(S::METHOD_NOT_ALLOWED, G::Unimplemented, INVALID, Some("method_not_allowed"), false),
+            Self::NoNodeAvailable(_) => class(S::SERVICE_UNAVAILABLE, G::Unavailable, SERVER, Some("no_node_available"), false),
+            Self::Upstream { source, .. } => match (source.phase(), source.kind()) {
+                (Phase::Body, _) => class(S::BAD_GATEWAY, G::Unavailable, SERVER, Some("upstream_stream_error"), false),
+                (_, Kind::Timeout) => class(S::GATEWAY_TIMEOUT, G::DeadlineExceeded, SERVER, Some("upstream_timeout"), true),
+                _ => class(S::BAD_GATEWAY, G::Unavailable, SERVER, Some("upstream_unavailable"), true),
+            },
+            Self::UpstreamTooLarge { .. } => class(S::BAD_GATEWAY, G::Internal, SERVER, Some("upstream_response_too_large"), false),
+            Self::Internal(_) => class(S::INTERNAL_SERVER_ERROR, G::Internal, SERVER, Some("internal_error"), false),
+        }
+    }
+
+    /// The request field the error is about, when there is one.
+    pub fn param(&self) -> Option<&str> {
+        match self {
+            Self::InvalidField { param, .. } => param.as_deref(),
+            Self::ModelNotFound(_) | Self::NoNodeAvailable(_) => Some("model"),
+            _ => None,
+        }
+    }
+
+    pub fn envelope(&self) -> ErrorEnvelope {
+        let class = self.class();
+        let mut envelope = ErrorEnvelope::new(self.to_string(), class.kind, class.code);
+        envelope.error.param = self.param().map(str::to_owned);
+        envelope
+    }
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        if self.class().status.is_server_error() {
+            tracing::warn!(error = %self, "request failed");
+        }
+        json_error(self.class().status, &self.envelope())
+    }
+}
+
+/// An OpenAI-envelope response (also used for errors raised outside handlers).
+pub fn json_error(status: StatusCode, envelope: &ErrorEnvelope) -> Response {
+    let body = serde_json::to_vec(envelope).unwrap_or_default();
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(phase: Phase, kind: Kind) -> GatewayError {
+        GatewayError::Upstream {
+            node: "n".into(),
+            source: TransportError::new(phase, kind, "x"),
+        }
+    }
+
+    #[test]
+    fn failover_only_before_the_first_byte() {
+        assert!(upstream(Phase::Connect, Kind::Refused).class().failover);
+        assert!(upstream(Phase::FirstByte, Kind::Timeout).class().failover);
+        assert!(!upstream(Phase::Body, Kind::Closed).class().failover);
+        assert!(!GatewayError::ModelNotFound("m".into()).class().failover);
+    }
+
+    #[test]
+    fn timeouts_are_504_and_deadline_exceeded() {
+        let c = upstream(Phase::FirstByte, Kind::Timeout).class();
+        assert_eq!(
+            (c.status, c.grpc),
+            (StatusCode::GATEWAY_TIMEOUT, GrpcCode::DeadlineExceeded)
+        );
+    }
+
+    #[test]
+    fn model_not_found_envelope_matches_openai() {
+        let env = GatewayError::ModelNotFound("gpt-x".into()).envelope();
+        let json = serde_json::to_value(&env).unwrap();
+        assert_eq!(json["error"]["type"], "invalid_request_error");
+        assert_eq!(json["error"]["code"], "model_not_found");
+        assert_eq!(json["error"]["param"], "model");
+        assert!(json["error"]["message"].as_str().unwrap().contains("gpt-x"));
+    }
+}

@@ -1,0 +1,157 @@
+//! Handlers for OpenAI's REST routes, plus health, readiness and the 404/405 fallbacks.
+//! Each inference handler only validates and adapts; routing and relaying are shared.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, Method, StatusCode};
+use meshgate_proto::openai::{
+    ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Model, ModelList,
+};
+use serde_json::json;
+use tower::ServiceExt;
+
+use super::extract::Checked;
+use super::relay;
+use crate::app::AppState;
+use crate::errors::GatewayError;
+use crate::request::{GatewayRequest, Operation};
+
+/// Client headers the node should see: the request id and W3C trace context.
+const PROPAGATED: [&str; 3] = ["x-request-id", "traceparent", "tracestate"];
+
+pub async fn chat_completions(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Checked { value, raw }: Checked<ChatCompletionRequest>,
+) -> Result<Response, GatewayError> {
+    let stream = value.stream.unwrap_or(false);
+    route(
+        app,
+        &headers,
+        Operation::ChatCompletions,
+        value.model,
+        stream,
+        raw,
+    )
+    .await
+}
+
+pub async fn completions(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Checked { value, raw }: Checked<CompletionRequest>,
+) -> Result<Response, GatewayError> {
+    let stream = value.stream.unwrap_or(false);
+    route(
+        app,
+        &headers,
+        Operation::Completions,
+        value.model,
+        stream,
+        raw,
+    )
+    .await
+}
+
+pub async fn embeddings(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Checked { value, raw }: Checked<EmbeddingRequest>,
+) -> Result<Response, GatewayError> {
+    route(
+        app,
+        &headers,
+        Operation::Embeddings,
+        value.model,
+        false,
+        raw,
+    )
+    .await
+}
+
+async fn route(
+    app: AppState,
+    headers: &HeaderMap,
+    operation: Operation,
+    model: String,
+    stream: bool,
+    body: bytes::Bytes,
+) -> Result<Response, GatewayError> {
+    if model.trim().is_empty() {
+        return Err(GatewayError::InvalidField {
+            message: "invalid request: `model` must name a model".into(),
+            param: Some("model".into()),
+        });
+    }
+    let mut forwarded = HeaderMap::new();
+    for name in PROPAGATED {
+        if let Some(value) = headers.get(name) {
+            forwarded.insert(name, value.clone());
+        }
+    }
+    let request = GatewayRequest {
+        operation,
+        model,
+        stream,
+        body,
+        headers: forwarded,
+    };
+    let routed = app.routing.oneshot(request).await?;
+    relay::relay(routed, stream, app.limits.max_response_bytes).await
+}
+
+pub async fn list_models(State(app): State<AppState>) -> Json<ModelList> {
+    let data = app
+        .nodes
+        .online_models()
+        .into_iter()
+        .map(|id| Model::new(id, "meshgate"))
+        .collect();
+    Json(ModelList::new(data))
+}
+
+pub async fn get_model(
+    State(app): State<AppState>,
+    Path(model): Path<String>,
+) -> Result<Json<Model>, GatewayError> {
+    if app.nodes.online_models().contains(&model) {
+        Ok(Json(Model::new(model, "meshgate")))
+    } else {
+        Err(GatewayError::ModelNotFound(model))
+    }
+}
+
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Ready when at least one node is online.
+pub async fn readyz(State(app): State<AppState>) -> Response {
+    let online = app.nodes.list.iter().filter(|n| n.is_online()).count();
+    let status = if online > 0 {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if online > 0 { "ready" } else { "not_ready" },
+        "nodes_online": online,
+        "nodes": app.nodes.list.len(),
+    });
+    (status, Json(body)).into_response()
+}
+
+pub async fn unknown_route(method: Method, uri: http::Uri) -> GatewayError {
+    GatewayError::UnknownRoute {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+    }
+}
+
+pub async fn method_not_allowed(method: Method, uri: http::Uri) -> GatewayError {
+    GatewayError::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+    }
+}

@@ -1,0 +1,248 @@
+//! Relaying a node's response to the client. Streams (SSE) go through frame by frame
+//! with nothing buffered beyond the current event; if the node fails mid-stream the
+//! client gets an in-band `data: {"error": ...}` event — never a silent close and never
+//! a fake `[DONE]`. Non-streaming answers are read whole first (bounded), so a cut
+//! answer becomes a clean 502 rather than truncated JSON.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Limited};
+use meshgate_transports::TransportError;
+use pin_project_lite::pin_project;
+
+use crate::errors::GatewayError;
+use crate::request::Routed;
+
+pub const NODE_HEADER: HeaderName = HeaderName::from_static("x-meshgate-node");
+
+pub async fn relay(
+    routed: Routed,
+    stream: bool,
+    max_bytes: usize,
+) -> Result<Response, GatewayError> {
+    let Routed { node, response } = routed;
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    if let Ok(value) = HeaderValue::try_from(node.as_ref()) {
+        parts.headers.insert(NODE_HEADER, value);
+    }
+
+    let is_sse = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    if stream && parts.status.is_success() && is_sse {
+        // Ask any reverse proxy in front of meshgate not to buffer the stream either.
+        parts
+            .headers
+            .insert("x-accel-buffering", HeaderValue::from_static("no"));
+        let body = SseRelay::new(body, node.to_string());
+        return Ok(Response::from_parts(parts, axum::body::Body::new(body)));
+    }
+
+    let bytes = Limited::new(body, max_bytes)
+        .collect()
+        .await
+        .map_err(|e| match e.downcast::<TransportError>() {
+            Ok(source) => GatewayError::Upstream {
+                node: node.to_string(),
+                source: *source,
+            },
+            Err(_) => GatewayError::UpstreamTooLarge {
+                node: node.to_string(),
+                limit: max_bytes,
+            },
+        })?;
+    Ok(Response::from_parts(
+        parts,
+        axum::body::Body::from(bytes.to_bytes()),
+    ))
+}
+
+/// Connection-scoped headers (RFC 9110 §7.6.1) describe the node's hop, not ours.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for name in [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::TE,
+        header::TRAILER,
+        header::UPGRADE,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+}
+
+pin_project! {
+    /// An SSE body that forwards whole events as they arrive and turns a node failure
+    /// into a final in-band error event.
+    pub struct SseRelay<B> {
+        #[pin]
+        inner: B,
+        node: String,
+        // Bytes of an event whose end has not arrived yet.
+        partial: BytesMut,
+        done: bool,
+    }
+}
+
+impl<B> SseRelay<B> {
+    pub fn new(inner: B, node: String) -> Self {
+        Self {
+            inner,
+            node,
+            partial: BytesMut::new(),
+            done: false,
+        }
+    }
+}
+
+/// End of the last complete event in `buf` (just past its blank line), if any.
+fn last_event_end(buf: &[u8]) -> Option<usize> {
+    let lf = buf.windows(2).rposition(|w| w == b"\n\n").map(|i| i + 2);
+    let crlf = buf
+        .windows(4)
+        .rposition(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4);
+    lf.max(crlf)
+}
+
+/// The in-band error event that ends a failed stream.
+pub fn error_event(error: &GatewayError) -> Bytes {
+    let json = serde_json::to_vec(&error.envelope()).unwrap_or_default();
+    let mut event = Vec::with_capacity(json.len() + 8);
+    event.extend_from_slice(b"data: ");
+    event.extend_from_slice(&json);
+    event.extend_from_slice(b"\n\n");
+    event.into()
+}
+
+impl<B> Body for SseRelay<B>
+where
+    B: Body<Data = Bytes, Error = TransportError>,
+{
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let mut this = self.project();
+        if *this.done {
+            return Poll::Ready(None);
+        }
+        loop {
+            match ready!(this.inner.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    let data = match frame.into_data() {
+                        Ok(data) => data,
+                        Err(frame) => return Poll::Ready(Some(Ok(frame))), // trailers
+                    };
+                    // Fast path: the frame holds whole events, as model servers send them.
+                    if this.partial.is_empty() && last_event_end(&data) == Some(data.len()) {
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    this.partial.extend_from_slice(&data);
+                    if let Some(end) = last_event_end(this.partial) {
+                        return Poll::Ready(Some(Ok(Frame::data(
+                            this.partial.split_to(end).freeze(),
+                        ))));
+                    }
+                }
+                Some(Err(source)) => {
+                    *this.done = true;
+                    this.partial.clear();
+                    let error = GatewayError::Upstream {
+                        node: this.node.clone(),
+                        source,
+                    };
+                    tracing::warn!(error = %error, "stream failed after it started");
+                    return Poll::Ready(Some(Ok(Frame::data(error_event(&error)))));
+                }
+                None => {
+                    *this.done = true;
+                    if this.partial.is_empty() {
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(this.partial.split().freeze()))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::stream;
+    use http_body_util::StreamBody;
+    use meshgate_transports::{Kind, Phase};
+
+    use super::*;
+
+    async fn relay_frames(frames: Vec<Result<&'static str, TransportError>>) -> Vec<String> {
+        let frames = frames
+            .into_iter()
+            .map(|f| f.map(|s| Frame::data(Bytes::from_static(s.as_bytes()))));
+        let mut body = SseRelay::new(StreamBody::new(stream::iter(frames)), "n".into());
+        let mut out = Vec::new();
+        while let Some(frame) = body.frame().await {
+            out.push(String::from_utf8(frame.unwrap().into_data().unwrap().to_vec()).unwrap());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn whole_events_pass_through_one_frame_each() {
+        let out = relay_frames(vec![
+            Ok("data: 1\n\n"),
+            Ok("data: 2\n\n"),
+            Ok("data: [DONE]\n\n"),
+        ])
+        .await;
+        assert_eq!(out, ["data: 1\n\n", "data: 2\n\n", "data: [DONE]\n\n"]);
+    }
+
+    #[tokio::test]
+    async fn split_events_are_joined_before_relay() {
+        let out = relay_frames(vec![
+            Ok("data: {\"a\""),
+            Ok(":1}\n\ndata: {"),
+            Ok("}\r\n\r\n"),
+        ])
+        .await;
+        assert_eq!(out, ["data: {\"a\":1}\n\n", "data: {}\r\n\r\n"]);
+    }
+
+    #[tokio::test]
+    async fn failure_mid_stream_ends_with_an_error_event_and_drops_the_partial_event() {
+        let cut = TransportError::new(Phase::Body, Kind::Closed, "connection reset");
+        let out = relay_frames(vec![
+            Ok("data: 1\n\n"),
+            Ok("data: {\"half"),
+            Err(cut),
+            Ok("data: never\n\n"),
+        ])
+        .await;
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(out[0], "data: 1\n\n");
+        let event: serde_json::Value =
+            serde_json::from_str(out[1].strip_prefix("data: ").unwrap().trim_end()).unwrap();
+        assert_eq!(event["error"]["code"], "upstream_stream_error");
+        assert!(!out.iter().any(|e| e.contains("[DONE]")));
+    }
+}

@@ -1,0 +1,107 @@
+//! The `meshgate` command: serve, check, demo.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use meshgate::{Config, Gateway, app, check, telemetry};
+
+#[derive(Parser)]
+#[command(
+    name = "meshgate",
+    version,
+    about = "One OpenAI-compatible endpoint in front of the LLM servers you run on several machines",
+    long_about = "One OpenAI-compatible endpoint in front of the LLM servers you run on several machines.\n\n\
+                  Start with `meshgate demo` (a self-contained mesh on loopback), then write a\n\
+                  meshgate.toml (see gateway/meshgate.example.toml) and run `meshgate check` and `meshgate serve`."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the gateway.
+    Serve {
+        /// Config file. Default: ./meshgate.toml if it exists, else built-in defaults
+        /// (listen on 127.0.0.1:8080, one local node at http://127.0.0.1:11434).
+        #[arg(short, long, env = "MESHGATE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Override [server] listen.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Probe every configured node once and print what works; exits non-zero if no node is usable.
+    Check {
+        #[arg(short, long, env = "MESHGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Run a self-contained mesh on loopback: meshgate plus three simulated nodes.
+    #[cfg(feature = "demo")]
+    Demo {
+        /// Where the gateway listens (falls back to a free port if this one is taken).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+}
+
+fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
+    let default_file = PathBuf::from("meshgate.toml");
+    match path {
+        Some(path) => Ok(Config::load(&path)?),
+        None if default_file.exists() => Ok(Config::load(&default_file)?),
+        None => Ok(Config::default()),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { config, listen } => {
+            let mut config = load_config(config)?;
+            if let Some(listen) = listen {
+                config.server.listen = listen;
+            }
+            let gateway = Gateway::new(&config).map_err(anyhow::Error::msg)?;
+            let listener = tokio::net::TcpListener::bind(config.server.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+            tracing::info!(listen = %listener.local_addr()?, nodes = config.nodes.len(), "meshgate serving");
+            gateway.serve(listener, app::shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config } => {
+            let config = load_config(config)?;
+            let reports = check::check(&config).await.map_err(anyhow::Error::msg)?;
+            print!("{}", check::render(&reports));
+            let usable = reports.iter().filter(|r| r.probe.result.is_ok()).count();
+            println!("\n{usable} of {} nodes usable", reports.len());
+            Ok(if usable > 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        #[cfg(feature = "demo")]
+        Command::Demo { listen } => {
+            meshgate::demo::run(listen).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    telemetry::init();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Model discovery: ask each node which models it serves, through the node's own
+//! transport — OpenAI's `GET /v1/models`, falling back to Ollama's `GET /api/tags` —
+//! periodically, so a node that comes back or loads a new model is picked up.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use meshgate_proto::{ollama, openai};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tower::ServiceExt;
+
+use super::{Node, Nodes};
+
+/// One probe's outcome: the node's models, or why it is unusable.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub result: Result<Vec<String>, String>,
+    pub rtt: Duration,
+}
+
+/// Probe a node once.
+pub async fn probe(node: &Node, timeout: Duration) -> Probe {
+    let start = Instant::now();
+    let result = match tokio::time::timeout(timeout, list_models(node)).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("no answer to the model list within {timeout:?}")),
+    };
+    Probe {
+        result,
+        rtt: start.elapsed(),
+    }
+}
+
+async fn list_models(node: &Node) -> Result<Vec<String>, String> {
+    let (status, body) = get(node, "/v1/models").await?;
+    if status.is_success() {
+        if let Ok(list) = serde_json::from_slice::<openai::ModelList>(&body) {
+            return Ok(list.data.into_iter().map(|m| m.id).collect());
+        }
+    }
+    // Not an OpenAI-style server (or an old one): try Ollama's native listing.
+    let (tags_status, tags_body) = get(node, "/api/tags").await?;
+    if tags_status.is_success() {
+        if let Ok(tags) = serde_json::from_slice::<ollama::TagsResponse>(&tags_body) {
+            return Ok(tags.models.into_iter().map(|m| m.name).collect());
+        }
+    }
+    Err(format!(
+        "model list not understood: /v1/models answered {status}, /api/tags answered {tags_status}"
+    ))
+}
+
+async fn get(node: &Node, path: &'static str) -> Result<(http::StatusCode, Bytes), String> {
+    let request = http::Request::get(path)
+        .header(http::header::ACCEPT, "application/json")
+        .body(Bytes::new())
+        .expect("static request is valid");
+    let response = node
+        .transport
+        .clone()
+        .oneshot(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, body))
+}
+
+/// Probe every node now and then every `interval`, until the returned tasks are aborted.
+pub fn spawn_discovery(
+    nodes: &Nodes,
+    interval: Duration,
+    timeout: Duration,
+) -> Vec<JoinHandle<()>> {
+    nodes
+        .list
+        .iter()
+        .map(|node| {
+            let node = Arc::clone(node);
+            tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(interval);
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    ticker.tick().await;
+                    let probe = probe(&node, timeout).await;
+                    let was_online = node.is_online();
+                    node.record_probe(&probe);
+                    match (&probe.result, was_online) {
+                        (Ok(models), false) => {
+                            tracing::info!(node = %node.name, models = models.len(), rtt_ms = probe.rtt.as_secs_f64() * 1e3, "node online")
+                        }
+                        (Err(reason), true) => tracing::warn!(node = %node.name, %reason, "node offline"),
+                        _ => {}
+                    }
+                }
+            })
+        })
+        .collect()
+}
