@@ -101,9 +101,7 @@ mod tests {
     use super::*;
 
     fn err(body: &[u8]) -> GatewayError {
-        parse::<ChatCompletionRequest>(body)
-            .err()
-            .expect("should be rejected")
+        parse::<ChatCompletionRequest>(body).expect_err("should be rejected")
     }
 
     #[test]

@@ -1,0 +1,154 @@
+//! The `meshgate` command as an operator runs it: check, a bad config, the demo.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_meshgate");
+
+/// A config file written for one test and removed after it.
+struct TempConfig(std::path::PathBuf);
+
+impl TempConfig {
+    fn new(text: &str) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("meshgate-test-{}-{n}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for TempConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn dead_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_prints_each_node_and_fails_only_when_none_is_usable() {
+    let a = sim("alive", &["llama3.2", "qwen2.5"]).await;
+    let dead = dead_port();
+    let config = TempConfig::new(&format!(
+        "[[nodes]]\nname = \"alive\"\nurl = \"{}\"\n[[nodes]]\nname = \"gone\"\nurl = \"http://127.0.0.1:{dead}\"\n",
+        a.url()
+    ));
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&config.0)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let alive = stdout
+        .lines()
+        .find(|l| l.starts_with("alive"))
+        .expect(&stdout);
+    assert!(
+        alive.contains("ok") && alive.contains("llama3.2, qwen2.5"),
+        "{alive}"
+    );
+    let gone = stdout
+        .lines()
+        .find(|l| l.starts_with("gone"))
+        .expect(&stdout);
+    assert!(
+        gone.contains("FAILED") && gone.contains("refused"),
+        "{gone}"
+    );
+    assert!(stdout.contains("1 of 2 nodes usable"), "{stdout}");
+
+    let config = TempConfig::new(&format!(
+        "[[nodes]]\nname = \"gone\"\nurl = \"http://127.0.0.1:{dead}\"\n"
+    ));
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&config.0)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn a_bad_config_names_the_key_and_exits_non_zero() {
+    for (text, key) in [
+        ("[[nodes]]\nname = \"a\"\n", "nodes[0].url"),
+        (
+            "[server]\nlisten = \"127.0.0.1:8080\"\nworkers = 4\n",
+            "workers",
+        ),
+    ] {
+        let config = TempConfig::new(text);
+        let out = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config.0)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(key), "{stderr}");
+    }
+    let out = Command::new(BIN)
+        .args(["serve", "--config", "/nonexistent/meshgate.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/meshgate.toml"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_streams_a_reply_and_serves_the_mesh() {
+    let mut child = Command::new(BIN)
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut url = None;
+    let mut served = false;
+    while let Ok(line) = lines_rx.recv_timeout(Duration::from_secs(30)) {
+        if let Some(rest) = line.strip_prefix("meshgate demo listening on ") {
+            url = Some(rest.trim().to_owned());
+        }
+        if line.contains("(served by node") {
+            served = true;
+        }
+        if line.contains("Ctrl-C to stop") {
+            break;
+        }
+    }
+    let url = url.expect("the demo prints its address");
+    assert!(served, "the demo's own streaming check did not complete");
+    let models = get(&format!("{url}/v1/models")).await.json();
+    assert_eq!(models["data"].as_array().unwrap().len(), 3, "{models}");
+    let reply = post(
+        &format!("{url}/v1/chat/completions"),
+        chat_body("mistral", false),
+    )
+    .await;
+    assert_eq!(reply.status, http::StatusCode::OK);
+    assert_eq!(reply.headers["x-meshgate-node"], "runpod");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

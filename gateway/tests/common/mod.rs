@@ -1,0 +1,236 @@
+//! Test harness: a real gateway on a free loopback port in front of real simulated
+//! nodes, and a small HTTP client that can watch a stream event by event.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use meshgate::Gateway;
+use meshgate::config::{Config, NodeConfig};
+use serde_json::Value;
+
+#[allow(unused_imports)]
+pub use meshgate_sim::{Faults, Sim, SimConfig};
+
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub nodes: std::sync::Arc<meshgate::nodes::Nodes>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl TestGateway {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// A config whose nodes are the given (name, url) pairs, discovery every 100 ms.
+pub fn config_for(nodes: &[(&str, String)]) -> Config {
+    let mut config = Config::default();
+    config.discovery.interval = Duration::from_millis(100);
+    config.discovery.timeout = Duration::from_secs(2);
+    config.nodes = nodes
+        .iter()
+        .map(|(name, url)| NodeConfig::local(name, url))
+        .collect();
+    config
+}
+
+pub async fn sim(name: &str, models: &[&str]) -> Sim {
+    Sim::start(SimConfig {
+        name: name.into(),
+        models: models.iter().map(|m| m.to_string()).collect(),
+        tokens: 5,
+        ..SimConfig::default()
+    })
+    .await
+    .expect("sim starts")
+}
+
+/// Start a gateway and wait until every node has been probed online.
+pub async fn gateway(config: Config) -> TestGateway {
+    let gateway = Gateway::new(&config).expect("valid config");
+    let nodes = std::sync::Arc::clone(gateway.nodes());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        gateway
+            .serve(listener, std::future::pending())
+            .await
+            .unwrap();
+    });
+    wait_until(|| nodes.list.iter().all(|n| n.is_online())).await;
+    TestGateway {
+        addr,
+        nodes,
+        server,
+    }
+}
+
+pub async fn gateway_for(sims: &[(&str, &Sim)]) -> TestGateway {
+    let nodes: Vec<(&str, String)> = sims.iter().map(|(n, s)| (*n, s.url())).collect();
+    gateway(config_for(&nodes)).await
+}
+
+/// Poll (every 10 ms, for at most 10 s) until `cond` holds.
+pub async fn wait_until(mut cond: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not reached within 10 s");
+}
+
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// Assert this is an OpenAI error envelope with this status and code.
+    pub fn assert_error(&self, status: StatusCode, code: &str) -> Value {
+        assert_eq!(
+            self.status,
+            status,
+            "body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        assert_eq!(self.headers["content-type"], "application/json");
+        assert!(self.headers.contains_key("x-request-id"));
+        let json = self.json();
+        let error = &json["error"];
+        assert_eq!(error["code"], code, "{json}");
+        assert!(
+            error["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{json}"
+        );
+        assert!(
+            error["type"].is_string() && error.get("param").is_some(),
+            "{json}"
+        );
+        json
+    }
+}
+
+pub async fn send(method: &str, url: &str, body: impl Into<Bytes>) -> Reply {
+    let request = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("content-type", "application/json")
+        .body(Full::new(body.into()))
+        .unwrap();
+    let response = client().request(request).await.expect("gateway answers");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("whole body").to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub async fn post(url: &str, body: impl Into<Bytes>) -> Reply {
+    send("POST", url, body).await
+}
+
+pub async fn get(url: &str) -> Reply {
+    send("GET", url, Bytes::new()).await
+}
+
+pub fn chat_body(model: &str, stream: bool) -> String {
+    serde_json::json!({
+        "model": model,
+        "stream": stream,
+        "messages": [{"role": "user", "content": "hello mesh"}],
+    })
+    .to_string()
+}
+
+/// An SSE stream read event by event, as a client sees it.
+pub struct EventStream {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    body: hyper::body::Incoming,
+    pending: Vec<u8>,
+}
+
+impl EventStream {
+    pub async fn open(url: &str, body: String) -> Self {
+        let request = http::Request::post(url)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let response = client().request(request).await.expect("gateway answers");
+        let (parts, body) = response.into_parts();
+        Self {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            pending: Vec::new(),
+        }
+    }
+
+    /// The next event's data (`[DONE]` included); None when the stream ends.
+    pub async fn next(&mut self) -> Option<String> {
+        loop {
+            if let Some(end) = self.pending.windows(2).position(|w| w == b"\n\n") {
+                let event: Vec<u8> = self.pending.drain(..end + 2).collect();
+                let text = String::from_utf8(event).unwrap();
+                let data = text
+                    .trim_end()
+                    .strip_prefix("data: ")
+                    .expect("data: event")
+                    .to_owned();
+                return Some(data);
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.pending.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(e)) => panic!("stream broke at the transport level: {e}"),
+                None => {
+                    assert!(
+                        self.pending.is_empty(),
+                        "stream ended inside an event: {:?}",
+                        self.pending
+                    );
+                    return None;
+                }
+            }
+        }
+    }
+
+    pub async fn collect(mut self) -> Vec<String> {
+        let mut events = Vec::new();
+        while let Some(e) = self.next().await {
+            events.push(e);
+        }
+        events
+    }
+}

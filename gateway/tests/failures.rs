@@ -1,0 +1,142 @@
+//! What clients see when nodes fail: a dead node, a stream cut mid-way, a node that
+//! never answers, a node that rejects the request.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use http::StatusCode;
+use serde_json::Value;
+
+#[tokio::test]
+async fn a_dead_node_leaves_rotation_and_the_other_serves() {
+    let a = sim("a", &["llama3.2"]).await;
+    let b = sim("b", &["llama3.2"]).await;
+    let gw = gateway_for(&[("a", &a), ("b", &b)]).await;
+
+    a.kill();
+    let mut failures = 0;
+    for _ in 0..10 {
+        let reply = post(
+            &gw.url("/v1/chat/completions"),
+            chat_body("llama3.2", false),
+        )
+        .await;
+        if reply.status == StatusCode::OK {
+            assert_eq!(reply.headers["x-meshgate-node"], "b");
+        } else {
+            // At most the one request that found out; it is told clearly.
+            reply.assert_error(StatusCode::BAD_GATEWAY, "upstream_unavailable");
+            failures += 1;
+        }
+    }
+    assert!(
+        failures <= 1,
+        "{failures} requests went to a node known to be down"
+    );
+    assert!(!gw.nodes.list[0].is_online());
+
+    // When it comes back, discovery returns it to rotation.
+    a.revive().await.unwrap();
+    wait_until(|| gw.nodes.list[0].is_online()).await;
+}
+
+#[tokio::test]
+async fn every_node_down_is_503_no_node_available() {
+    let a = sim("a", &["llama3.2"]).await;
+    let gw = gateway_for(&[("a", &a)]).await;
+    a.kill();
+    wait_until(|| !gw.nodes.any_online()).await;
+    let reply = post(
+        &gw.url("/v1/chat/completions"),
+        chat_body("llama3.2", false),
+    )
+    .await;
+    reply.assert_error(StatusCode::SERVICE_UNAVAILABLE, "no_node_available");
+}
+
+#[tokio::test]
+async fn a_stream_cut_mid_way_ends_with_an_in_band_error_and_no_done() {
+    let a = sim("a", &["llama3.2"]).await;
+    let gw = gateway_for(&[("a", &a)]).await;
+    a.set_faults(Faults {
+        drop_after: Some(3),
+        ..Faults::default()
+    });
+
+    let stream =
+        EventStream::open(&gw.url("/v1/chat/completions"), chat_body("llama3.2", true)).await;
+    assert_eq!(stream.status, StatusCode::OK);
+    let events = stream.collect().await; // a clean HTTP end, with the error inside
+    assert!(
+        !events.iter().any(|e| e == "[DONE]"),
+        "a cut stream must not claim completion: {events:?}"
+    );
+    assert_eq!(
+        events.len(),
+        4,
+        "3 relayed chunks then the error: {events:?}"
+    );
+    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "upstream_stream_error");
+    assert_eq!(last["error"]["type"], "server_error");
+}
+
+#[tokio::test]
+async fn a_whole_answer_cut_short_is_a_502_not_truncated_json() {
+    let a = sim("a", &["llama3.2"]).await;
+    let gw = gateway_for(&[("a", &a)]).await;
+    a.set_faults(Faults {
+        drop_after: Some(1),
+        ..Faults::default()
+    });
+    let reply = post(
+        &gw.url("/v1/chat/completions"),
+        chat_body("llama3.2", false),
+    )
+    .await;
+    reply.assert_error(StatusCode::BAD_GATEWAY, "upstream_stream_error");
+}
+
+#[tokio::test]
+async fn a_node_that_never_answers_times_out_at_first_byte() {
+    let a = sim("a", &["llama3.2"]).await;
+    let mut config = config_for(&[("a", a.url())]);
+    config.timeouts.first_byte = Duration::from_millis(300);
+    // Probe once only: stalled probes would otherwise keep the node busy too.
+    config.discovery.interval = Duration::from_secs(3600);
+    let gw = gateway(config).await;
+    a.set_faults(Faults {
+        stall: true,
+        ..Faults::default()
+    });
+
+    let reply = post(
+        &gw.url("/v1/chat/completions"),
+        chat_body("llama3.2", false),
+    )
+    .await;
+    reply.assert_error(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout");
+    // meshgate gave up on the request, so the node is not left holding it.
+    wait_until(|| a.stats().in_flight == 0).await;
+}
+
+#[tokio::test]
+async fn a_node_rejecting_the_request_is_passed_through_and_stays_online() {
+    let a = sim("a", &["llama3.2"]).await;
+    let gw = gateway_for(&[("a", &a)]).await;
+    a.set_faults(Faults {
+        status: Some(400),
+        ..Faults::default()
+    });
+    let reply = post(
+        &gw.url("/v1/chat/completions"),
+        chat_body("llama3.2", false),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.headers["x-meshgate-node"], "a");
+    assert!(reply.json()["error"]["message"].is_string());
+    assert!(gw.nodes.list[0].is_online());
+}
