@@ -7,6 +7,8 @@ use bytes::Bytes;
 use http::HeaderMap;
 use meshgate_transports::Response;
 
+use crate::errors::GatewayError;
+
 /// What the client asked for, which decides the node-side path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Operation {
@@ -25,6 +27,31 @@ impl Operation {
     }
 }
 
+/// What every front passes along from the client's request besides the body.
+#[derive(Debug, Clone, Default)]
+pub struct Inbound {
+    /// Only the headers the node should see: the request id and W3C trace context.
+    pub headers: HeaderMap,
+    pub extensions: http::Extensions,
+}
+
+impl Inbound {
+    const PROPAGATED: [&str; 3] = ["x-request-id", "traceparent", "tracestate"];
+
+    pub fn new(client_headers: &HeaderMap, extensions: http::Extensions) -> Self {
+        let mut headers = HeaderMap::new();
+        for name in Self::PROPAGATED {
+            if let Some(value) = client_headers.get(name) {
+                headers.insert(name, value.clone());
+            }
+        }
+        Self {
+            headers,
+            extensions,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct GatewayRequest {
     pub operation: Operation,
@@ -34,9 +61,39 @@ pub struct GatewayRequest {
     pub body: Bytes,
     /// Headers meant for the node (request id, trace context).
     pub headers: HeaderMap,
+    /// What the HTTP layers learned about the request (e.g. the caller's identity from
+    /// auth), carried to the routing stack whichever front the request came in on.
+    pub extensions: http::Extensions,
 }
 
 impl GatewayRequest {
+    pub fn new(
+        operation: Operation,
+        model: String,
+        stream: bool,
+        body: Bytes,
+        inbound: Inbound,
+    ) -> Result<Self, GatewayError> {
+        if model.trim().is_empty() {
+            return Err(GatewayError::InvalidField {
+                message: "invalid request: `model` must name a model".into(),
+                param: Some("model".into()),
+            });
+        }
+        let Inbound {
+            headers,
+            extensions,
+        } = inbound;
+        Ok(Self {
+            operation,
+            model,
+            stream,
+            body,
+            headers,
+            extensions,
+        })
+    }
+
     /// The HTTP request a transport sends to the node.
     pub fn to_node_request(&self) -> meshgate_transports::Request {
         let mut request = http::Request::post(self.operation.path())

@@ -2,12 +2,24 @@
 //! it against the OpenAI request type — so bad input gets a precise 4xx that names the
 //! field, and never reaches a node.
 
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
 use crate::app::AppState;
 use crate::errors::GatewayError;
+use crate::request::Inbound;
+
+impl<S: Send + Sync> FromRequestParts<S> for Inbound {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Inbound::new(&parts.headers, parts.extensions.clone()))
+    }
+}
 
 /// A validated request: the typed view meshgate reads, and the original bytes that
 /// are forwarded (so fields meshgate does not know reach the node untouched).

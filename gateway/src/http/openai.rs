@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, Method, StatusCode};
+use http::{Method, StatusCode};
 use meshgate_proto::openai::{
     ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Model, ModelList,
 };
@@ -15,88 +15,45 @@ use super::extract::Checked;
 use super::relay;
 use crate::app::AppState;
 use crate::errors::GatewayError;
-use crate::request::{GatewayRequest, Operation};
-
-/// Client headers the node should see: the request id and W3C trace context.
-const PROPAGATED: [&str; 3] = ["x-request-id", "traceparent", "tracestate"];
+use crate::request::{GatewayRequest, Inbound, Operation};
 
 pub async fn chat_completions(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    inbound: Inbound,
     Checked { value, raw }: Checked<ChatCompletionRequest>,
 ) -> Result<Response, GatewayError> {
     let stream = value.stream.unwrap_or(false);
-    route(
-        app,
-        &headers,
+    let request = GatewayRequest::new(
         Operation::ChatCompletions,
         value.model,
         stream,
         raw,
-    )
-    .await
+        inbound,
+    )?;
+    route(app, request).await
 }
 
 pub async fn completions(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    inbound: Inbound,
     Checked { value, raw }: Checked<CompletionRequest>,
 ) -> Result<Response, GatewayError> {
     let stream = value.stream.unwrap_or(false);
-    route(
-        app,
-        &headers,
-        Operation::Completions,
-        value.model,
-        stream,
-        raw,
-    )
-    .await
+    let request = GatewayRequest::new(Operation::Completions, value.model, stream, raw, inbound)?;
+    route(app, request).await
 }
 
 pub async fn embeddings(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    inbound: Inbound,
     Checked { value, raw }: Checked<EmbeddingRequest>,
 ) -> Result<Response, GatewayError> {
-    route(
-        app,
-        &headers,
-        Operation::Embeddings,
-        value.model,
-        false,
-        raw,
-    )
-    .await
+    let request = GatewayRequest::new(Operation::Embeddings, value.model, false, raw, inbound)?;
+    route(app, request).await
 }
 
-async fn route(
-    app: AppState,
-    headers: &HeaderMap,
-    operation: Operation,
-    model: String,
-    stream: bool,
-    body: bytes::Bytes,
-) -> Result<Response, GatewayError> {
-    if model.trim().is_empty() {
-        return Err(GatewayError::InvalidField {
-            message: "invalid request: `model` must name a model".into(),
-            param: Some("model".into()),
-        });
-    }
-    let mut forwarded = HeaderMap::new();
-    for name in PROPAGATED {
-        if let Some(value) = headers.get(name) {
-            forwarded.insert(name, value.clone());
-        }
-    }
-    let request = GatewayRequest {
-        operation,
-        model,
-        stream,
-        body,
-        headers: forwarded,
-    };
+async fn route(app: AppState, request: GatewayRequest) -> Result<Response, GatewayError> {
+    let stream = request.stream;
     let routed = app.routing.oneshot(request).await?;
     relay::relay(routed, stream, app.limits.max_response_bytes).await
 }
