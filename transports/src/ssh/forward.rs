@@ -1,0 +1,200 @@
+//! The forward transport: HTTP/1.1 to the node's `127.0.0.1:<port>` over direct-tcpip
+//! channels on the node's one SSH connection.
+//!
+//! A hyper-util pooled client does the HTTP; its connector opens channels instead of
+//! sockets, so keep-alive connections are long-lived channels and a request does not
+//! pay a channel open each time. Responses stream frame by frame. The channels are
+//! [`ChannelIo`]s, so a connection that dies mid-response is a body error, never a
+//! clean end.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::Uri;
+use http_body_util::{BodyExt, Full};
+use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use super::channel_io::ChannelIo;
+use super::session::Session;
+use crate::{Kind, Phase, Request, Response, TransportError};
+
+/// A node's model server reached through SSH port forwarding. Clones share the pool.
+#[derive(Clone)]
+pub struct ForwardTransport {
+    client: Client<SshConnector, Full<Bytes>>,
+    authority: http::uri::Authority,
+    session: Arc<Session>,
+}
+
+impl ForwardTransport {
+    /// The model server at `127.0.0.1:<remote_port>` on the node.
+    pub fn new(session: Arc<Session>, remote_port: u16) -> Self {
+        Self::with_remote_host(session, "127.0.0.1", remote_port)
+    }
+
+    /// The model server at `<remote_host>:<remote_port>` as the node sees it.
+    pub fn with_remote_host(session: Arc<Session>, remote_host: &str, remote_port: u16) -> Self {
+        let connector = SshConnector {
+            session: session.clone(),
+            host: remote_host.into(),
+            port: remote_port,
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
+        let authority = format!("{remote_host}:{remote_port}")
+            .parse()
+            .expect("host and port form an authority");
+        Self {
+            client,
+            authority,
+            session,
+        }
+    }
+
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+}
+
+impl tower::Service<Request> for ForwardTransport {
+    type Response = Response;
+    type Error = TransportError;
+    type Future = BoxFuture<'static, Result<Response, TransportError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let (mut parts, body) = req.into_parts();
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        parts.uri = match Uri::builder()
+            .scheme("http")
+            .authority(self.authority.clone())
+            .path_and_query(path)
+            .build()
+        {
+            Ok(uri) => uri,
+            Err(e) => {
+                return Box::pin(async move {
+                    Err(
+                        TransportError::new(Phase::Send, Kind::Config, "bad request path")
+                            .with_source(e),
+                    )
+                });
+            }
+        };
+        let fut = self
+            .client
+            .request(http::Request::from_parts(parts, Full::new(body)));
+        Box::pin(async move {
+            let response = fut.await.map_err(request_error)?;
+            Ok(response.map(|body| {
+                body.map_err(|e| {
+                    TransportError::new(Phase::Body, Kind::Closed, "response cut short")
+                        .with_source(e)
+                })
+                .boxed_unsync()
+            }))
+        })
+    }
+}
+
+fn request_error(e: hyper_util::client::legacy::Error) -> TransportError {
+    // The connector's own error already says what failed (auth, host key, refused...).
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<TransportError>() {
+            return TransportError::new(t.phase(), t.kind(), t.to_string());
+        }
+        cur = err.source();
+    }
+    if e.is_connect() {
+        return TransportError::new(
+            Phase::Connect,
+            Kind::Closed,
+            "cannot open a channel to the node",
+        )
+        .with_source(e);
+    }
+    TransportError::new(
+        Phase::FirstByte,
+        Kind::Closed,
+        "no response from the model server",
+    )
+    .with_source(e)
+}
+
+/// Opens direct-tcpip channels for the pooled client (a `tower::Service<Uri>`).
+#[derive(Clone)]
+struct SshConnector {
+    session: Arc<Session>,
+    host: Arc<str>,
+    port: u16,
+}
+
+impl tower::Service<Uri> for SshConnector {
+    type Response = SshConn;
+    type Error = TransportError;
+    type Future = BoxFuture<'static, Result<SshConn, TransportError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let io = this
+                .session
+                .open_direct_tcpip(&this.host, this.port)
+                .await?;
+            Ok(SshConn(TokioIo::new(io)))
+        })
+    }
+}
+
+/// One pooled HTTP connection: a direct-tcpip channel.
+struct SshConn(TokioIo<ChannelIo>);
+
+impl Connection for SshConn {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl Read for SshConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl Write for SshConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,30 @@
+//! Reaching nodes over SSH, by their `Host` aliases in `~/.ssh/config`.
+//!
+//! ```text
+//! SshTarget::resolve(alias, &ResolveOptions)   settings from the OpenSSH config (config.rs)
+//!   └─ Session::new(target, SessionOptions)    one connection, kept up in the background (session.rs)
+//!        ├─ ForwardTransport::new(session, port)   HTTP over direct-tcpip channels (forward.rs)
+//!        └─ ExecTransport::new(sessions, port)     curl on the node over exec channels (exec.rs)
+//! diagnose(&session, port)                      what `meshgate check` prints per node
+//! ```
+//!
+//! Both transports are `tower::Service`s of the crate's one shape, boxable into
+//! [`crate::BoxTransport`].
+
+mod auth;
+mod channel_io;
+pub mod config;
+pub mod diagnose;
+pub mod exec;
+pub mod forward;
+pub mod known_hosts;
+pub mod session;
+#[cfg(feature = "test-util")]
+pub mod testing;
+
+pub use config::{ConfigError, HostKeyPolicy, ResolveOptions, Resolver, SshTarget};
+pub use diagnose::{Diagnosis, diagnose};
+pub use exec::ExecTransport;
+pub use forward::ForwardTransport;
+pub use known_hosts::HostKeyStatus;
+pub use session::{Session, SessionError, SessionOptions, SessionState};

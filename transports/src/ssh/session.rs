@@ -1,0 +1,833 @@
+//! One SSH connection to a node, kept up in the background.
+//!
+//! [`Session::new`] returns at once and spawns a task that connects (through ProxyJump
+//! hops if configured), verifies the host key, authenticates, runs one warm-up exec
+//! (which makes OpenSSH < 10.1 turn on TCP_NODELAY: without it every later
+//! direct-tcpip channel pays ~44 ms of Nagle + delayed ACK), and then waits for the
+//! connection to drop and reconnects with jittered exponential backoff. Host-key,
+//! authentication and config failures are not retried in a loop: the session enters
+//! [`SessionState::Failed`] and only tries again after a long pause or
+//! [`Session::reconnect_now`].
+//!
+//! Many channels share the one connection: direct-tcpip channels (forward transport)
+//! without limit, session channels (exec, probes) bounded by a semaphore sized to the
+//! server's `MaxSessions`, so request 11 waits instead of being refused.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::client::{self, Handle, Msg};
+use russh::keys::PublicKeyOrCertificate;
+use russh::{Channel, ChannelMsg, ChannelOpenFailure, Preferred};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot, watch};
+use tokio::time::Instant;
+
+use super::channel_io::ChannelIo;
+use super::config::SshTarget;
+use super::known_hosts::{self, HostKeyStatus};
+use crate::{Kind, Phase, TransportError};
+
+/// Tuning for one node's SSH connection. The defaults suit a LAN or the internet.
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    /// TCP connect + handshake + auth + warm-up, per attempt (the node's
+    /// `ConnectTimeout` wins if set). Also how long a request waits for an in-progress
+    /// connect.
+    pub connect_timeout: Duration,
+    /// How long opening one channel may take.
+    pub channel_open_timeout: Duration,
+    /// Keepalive interval when the node's config sets no `ServerAliveInterval`
+    /// (russh's default is no keepalive at all: a dead link would hang forever).
+    pub keepalive_interval: Duration,
+    /// First reconnect delay after a failed attempt; doubles per failure.
+    pub backoff_min: Duration,
+    /// Cap on the reconnect delay.
+    pub backoff_max: Duration,
+    /// Pause after a host-key, authentication or config failure (no retry storm).
+    pub failed_retry_after: Duration,
+    /// Session channels (exec, probes) open at once on this connection: the node's
+    /// sshd `MaxSessions` (OpenSSH default 10).
+    pub max_sessions: usize,
+    /// Run `true` after connecting (see the module docs for why). Turn off only for
+    /// servers that allow no commands.
+    pub warm_up: bool,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(15),
+            channel_open_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(15),
+            backoff_min: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(120),
+            failed_retry_after: Duration::from_secs(30 * 60),
+            max_sessions: 10,
+            warm_up: true,
+        }
+    }
+}
+
+/// Why the session is not connected: the kind decides whether it is retried soon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionError {
+    pub kind: Kind,
+    pub message: String,
+    /// The host-key check's outcome, if the attempt got that far.
+    pub host_key: Option<HostKeyStatus>,
+}
+
+impl SessionError {
+    pub fn new(kind: Kind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            host_key: None,
+        }
+    }
+
+    pub fn with_host_key(mut self, status: HostKeyStatus) -> Self {
+        self.host_key = Some(status);
+        self
+    }
+
+    /// Host-key, auth and config problems need a human; retrying cannot fix them.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self.kind, Kind::HostKey | Kind::Auth | Kind::Config)
+    }
+
+    pub fn to_transport(&self) -> TransportError {
+        TransportError::new(Phase::Connect, self.kind, self.message.clone())
+    }
+}
+
+impl fmt::Display for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.message, self.kind.as_str())
+    }
+}
+
+impl std::error::Error for SessionError {}
+
+/// The connection's state, for health checks and status pages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionState {
+    Connecting {
+        attempt: u32,
+    },
+    Connected {
+        since: Instant,
+        host_key: HostKeyStatus,
+    },
+    /// Waiting before the next attempt after a transient failure or a dropped connection.
+    BackingOff {
+        until: Instant,
+        attempt: u32,
+        last_error: SessionError,
+    },
+    /// A failure retrying cannot fix (host key, auth, config); tried again at
+    /// `retry_at` or on [`Session::reconnect_now`].
+    Failed {
+        retry_at: Instant,
+        error: SessionError,
+    },
+}
+
+impl SessionState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Connecting { .. } => "connecting",
+            Self::Connected { .. } => "connected",
+            Self::BackingOff { .. } => "backing off",
+            Self::Failed { .. } => "failed",
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Conn {
+    Connecting {
+        attempt: u32,
+    },
+    Up {
+        handle: Arc<Handle<Client>>,
+        since: Instant,
+        host_key: HostKeyStatus,
+    },
+    BackingOff {
+        until: Instant,
+        attempt: u32,
+        error: SessionError,
+    },
+    Failed {
+        until: Instant,
+        error: SessionError,
+    },
+}
+
+struct Shared {
+    target: SshTarget,
+    options: SessionOptions,
+    state: watch::Sender<Conn>,
+    session_slots: Arc<Semaphore>,
+    wake: Notify,
+}
+
+/// One node's SSH connection. Cheap to share (`Arc`); dropping the last `Arc` stops the
+/// background task and closes the connection.
+pub struct Session {
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("node", &self.shared.target.alias)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Session {
+    /// Starts connecting in the background; never blocks. Must be called inside a
+    /// tokio runtime.
+    pub fn new(target: SshTarget, options: SessionOptions) -> Arc<Session> {
+        let (state, _) = watch::channel(Conn::Connecting { attempt: 0 });
+        let session_slots = Arc::new(Semaphore::new(options.max_sessions.max(1)));
+        let shared = Arc::new(Shared {
+            target,
+            options,
+            state,
+            session_slots,
+            wake: Notify::new(),
+        });
+        let task = tokio::spawn(run(shared.clone()));
+        Arc::new(Session { shared, task })
+    }
+
+    pub fn target(&self) -> &SshTarget {
+        &self.shared.target
+    }
+
+    pub fn options(&self) -> &SessionOptions {
+        &self.shared.options
+    }
+
+    pub fn state(&self) -> SessionState {
+        match &*self.shared.state.borrow() {
+            Conn::Connecting { attempt } => SessionState::Connecting { attempt: *attempt },
+            Conn::Up {
+                since, host_key, ..
+            } => SessionState::Connected {
+                since: *since,
+                host_key: host_key.clone(),
+            },
+            Conn::BackingOff {
+                until,
+                attempt,
+                error,
+            } => SessionState::BackingOff {
+                until: *until,
+                attempt: *attempt,
+                last_error: error.clone(),
+            },
+            Conn::Failed { until, error } => SessionState::Failed {
+                retry_at: *until,
+                error: error.clone(),
+            },
+        }
+    }
+
+    /// Session-channel slots (of `max_sessions`) free right now.
+    pub fn free_session_slots(&self) -> usize {
+        self.shared.session_slots.available_permits()
+    }
+
+    /// Ends a backoff or failed pause now (e.g. after the config or known_hosts was
+    /// fixed).
+    pub fn reconnect_now(&self) {
+        self.shared.wake.notify_one();
+    }
+
+    /// Waits until the session is connected, up to the connect timeout; fails at once
+    /// while backing off or failed.
+    pub async fn wait_connected(&self) -> Result<(), TransportError> {
+        self.handle().await.map(drop)
+    }
+
+    fn connect_timeout(&self) -> Duration {
+        self.shared
+            .target
+            .connect_timeout
+            .unwrap_or(self.shared.options.connect_timeout)
+    }
+
+    pub(crate) async fn handle(&self) -> Result<Arc<Handle<Client>>, TransportError> {
+        let mut rx = self.shared.state.subscribe();
+        let deadline = Instant::now() + self.connect_timeout();
+        loop {
+            let conn = rx.borrow_and_update().clone();
+            match conn {
+                Conn::Up { handle, .. } if !handle.is_closed() => return Ok(handle),
+                Conn::Up { .. } | Conn::Connecting { .. } => {}
+                Conn::BackingOff { error, .. } | Conn::Failed { error, .. } => {
+                    return Err(error.to_transport());
+                }
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    return Err(TransportError::new(
+                        Phase::Connect,
+                        Kind::Closed,
+                        "ssh session stopped",
+                    ));
+                }
+                Err(_) => {
+                    return Err(TransportError::new(
+                        Phase::Connect,
+                        Kind::Timeout,
+                        format!(
+                            "ssh connection to {} not ready within {:?}",
+                            self.shared.target.alias,
+                            self.connect_timeout()
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Opens a direct-tcpip channel to `host:port` as seen from the node.
+    pub(crate) async fn open_direct_tcpip(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<ChannelIo, TransportError> {
+        let handle = self.handle().await?;
+        let open = handle.channel_open_direct_tcpip(host, port.into(), "127.0.0.1", 0);
+        match tokio::time::timeout(self.shared.options.channel_open_timeout, open).await {
+            Ok(Ok(channel)) => Ok(ChannelIo::new(channel)),
+            Ok(Err(e)) => Err(open_error(
+                &self.shared.target,
+                &format!("{host}:{port}"),
+                e,
+            )),
+            Err(_) => Err(TransportError::new(
+                Phase::Connect,
+                Kind::Timeout,
+                format!(
+                    "opening a channel to {host}:{port} on {} timed out",
+                    self.shared.target.alias
+                ),
+            )),
+        }
+    }
+
+    /// Opens a session channel (for exec), waiting for one of the `max_sessions` slots.
+    /// The permit must be held until the node has closed the channel.
+    pub(crate) async fn open_session_channel(
+        &self,
+    ) -> Result<(Channel<Msg>, OwnedSemaphorePermit), TransportError> {
+        // Waiting for a slot is unbounded here: the gateway's per-node limit and
+        // first-byte timeout bound it. Opening the channel itself is bounded.
+        let permit = self
+            .shared
+            .session_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        let handle = self.handle().await?;
+        let deadline = Instant::now() + self.shared.options.channel_open_timeout;
+        let mut tries = 0;
+        loop {
+            let open = tokio::time::timeout_at(deadline, handle.channel_open_session()).await;
+            match open {
+                Ok(Ok(channel)) => return Ok((channel, permit)),
+                // The node's MaxSessions may be lower than ours, or a slot we gave back
+                // is not free yet (sshd frees a session only once it has reaped the
+                // command's process, a moment after the channel closed): wait a
+                // little and retry instead of failing.
+                Ok(Err(russh::Error::ChannelOpenFailure(_)))
+                    if tries < 30 && Instant::now() < deadline =>
+                {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(5 * tries)).await;
+                }
+                Ok(Err(russh::Error::ChannelOpenFailure(reason))) => {
+                    return Err(TransportError::new(
+                        Phase::Connect,
+                        Kind::Refused,
+                        format!(
+                            "{} refuses session channels ({reason:?}; MaxSessions lower than ours?)",
+                            self.shared.target.alias
+                        ),
+                    ));
+                }
+                Ok(Err(e)) => return Err(open_error(&self.shared.target, "a session", e)),
+                Err(_) => {
+                    return Err(TransportError::new(
+                        Phase::Connect,
+                        Kind::Timeout,
+                        format!(
+                            "opening a session channel on {} timed out",
+                            self.shared.target.alias
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn open_error(target: &SshTarget, what: &str, e: russh::Error) -> TransportError {
+    match e {
+        russh::Error::ChannelOpenFailure(ChannelOpenFailure::ConnectFailed) => TransportError::new(
+            Phase::Connect,
+            Kind::Refused,
+            format!(
+                "{} cannot connect to {what}: is the model server running on the node?",
+                target.alias
+            ),
+        ),
+        russh::Error::ChannelOpenFailure(reason) => TransportError::new(
+            Phase::Connect,
+            Kind::Refused,
+            format!(
+                "{} refused to open a channel to {what} ({reason:?}; is AllowTcpForwarding off?)",
+                target.alias
+            ),
+        ),
+        other => TransportError::new(
+            Phase::Connect,
+            Kind::Closed,
+            format!("ssh connection to {} lost", target.alias),
+        )
+        .with_source(other),
+    }
+}
+
+/// The russh client handler: checks the host key, and tells the session task when the
+/// connection is gone (by being dropped with russh's connection task).
+pub(crate) struct Client {
+    target: SshTarget,
+    host_key: Arc<Mutex<Option<HostKeyStatus>>>,
+    disconnect_reason: Arc<Mutex<Option<String>>>,
+    _closed: oneshot::Sender<()>,
+    /// The hop this connection runs through, kept alive as long as we are.
+    _jump: Option<Arc<Handle<Client>>>,
+}
+
+impl client::Handler for Client {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let status = match key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => known_hosts::verify(&self.target, key),
+            PublicKeyOrCertificate::Certificate(cert) => HostKeyStatus::Unknown {
+                fingerprint: format!(
+                    "certificate for {}",
+                    known_hosts::fingerprint(&cert.public_key().clone().into())
+                ),
+            },
+        };
+        let accepted = status.is_accepted();
+        *self.host_key.lock().expect("not poisoned") = Some(status);
+        Ok(accepted)
+    }
+
+    async fn disconnected(
+        &mut self,
+        reason: client::DisconnectReason<Self::Error>,
+    ) -> Result<(), Self::Error> {
+        let text = match &reason {
+            client::DisconnectReason::ReceivedDisconnect(info) => {
+                format!("node disconnected: {}", info.message)
+            }
+            client::DisconnectReason::Error(e) => e.to_string(),
+        };
+        *self.disconnect_reason.lock().expect("not poisoned") = Some(text);
+        match reason {
+            client::DisconnectReason::ReceivedDisconnect(_) => Ok(()),
+            client::DisconnectReason::Error(e) => Err(e),
+        }
+    }
+}
+
+pub(crate) struct Connected {
+    pub handle: Handle<Client>,
+    pub closed: oneshot::Receiver<()>,
+    pub disconnect_reason: Arc<Mutex<Option<String>>>,
+    pub host_key: HostKeyStatus,
+}
+
+fn russh_config(target: &SshTarget, options: &SessionOptions) -> client::Config {
+    let key = known_hosts::preferred_algorithms(target, &Preferred::DEFAULT.key);
+    client::Config {
+        nodelay: true,
+        keepalive_interval: Some(
+            target
+                .server_alive_interval
+                .unwrap_or(options.keepalive_interval),
+        ),
+        keepalive_max: target.server_alive_count_max.max(1) as usize,
+        preferred: Preferred {
+            key: key.into(),
+            ..Preferred::DEFAULT
+        },
+        ..Default::default()
+    }
+}
+
+/// Connects, checks the host key, authenticates and warms up one hop (recursively
+/// through its jump hosts). Bounded by the caller's timeout.
+pub(crate) async fn connect(
+    target: &SshTarget,
+    options: &SessionOptions,
+) -> Result<Connected, SessionError> {
+    let who = format!("{} ({}:{})", target.alias, target.host, target.port);
+    let host_key = Arc::new(Mutex::new(None));
+    let disconnect_reason = Arc::new(Mutex::new(None));
+    let (closed_tx, closed) = oneshot::channel();
+    let config = Arc::new(russh_config(target, options));
+
+    let (result, jump) = match &target.jump {
+        None => {
+            let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
+                .await
+                .map_err(|e| {
+                    let kind = match e.kind() {
+                        std::io::ErrorKind::ConnectionRefused => Kind::Refused,
+                        std::io::ErrorKind::TimedOut => Kind::Timeout,
+                        _ => Kind::Closed,
+                    };
+                    SessionError::new(kind, format!("cannot reach sshd of {who}: {e}"))
+                })?;
+            let _ = tcp.set_nodelay(true);
+            let handler = Client {
+                target: target.clone(),
+                host_key: host_key.clone(),
+                disconnect_reason: disconnect_reason.clone(),
+                _closed: closed_tx,
+                _jump: None,
+            };
+            (client::connect_stream(config, tcp, handler).await, None)
+        }
+        Some(jump_target) => {
+            let hop = Box::pin(connect(jump_target, options))
+                .await
+                .map_err(|e| SessionError {
+                    kind: e.kind,
+                    message: format!(
+                        "jump host {} for {}: {}",
+                        jump_target.alias, target.alias, e.message
+                    ),
+                    host_key: None,
+                })?;
+            let hop = Arc::new(hop.handle);
+            let channel = tokio::time::timeout(
+                options.channel_open_timeout,
+                hop.channel_open_direct_tcpip(
+                    target.host.as_str(),
+                    target.port.into(),
+                    "127.0.0.1",
+                    0,
+                ),
+            )
+            .await
+            .map_err(|_| {
+                SessionError::new(
+                    Kind::Timeout,
+                    format!(
+                        "jump host {} did not open a channel to {who}",
+                        jump_target.alias
+                    ),
+                )
+            })?
+            .map_err(|e| {
+                let kind = if matches!(e, russh::Error::ChannelOpenFailure(_)) {
+                    Kind::Refused
+                } else {
+                    Kind::Closed
+                };
+                SessionError::new(
+                    kind,
+                    format!("jump host {} cannot reach {who}: {e}", jump_target.alias),
+                )
+            })?;
+            let handler = Client {
+                target: target.clone(),
+                host_key: host_key.clone(),
+                disconnect_reason: disconnect_reason.clone(),
+                _closed: closed_tx,
+                _jump: Some(hop.clone()),
+            };
+            (
+                client::connect_stream(config, ChannelIo::new(channel), handler).await,
+                Some(hop),
+            )
+        }
+    };
+    drop(jump);
+    let checked = host_key.lock().expect("not poisoned").take();
+    let mut handle = match result {
+        Ok(handle) => handle,
+        Err(e) => return Err(handshake_error(target, checked, e)),
+    };
+    let host_key = checked.unwrap_or(HostKeyStatus::Unchecked);
+    super::auth::authenticate(&mut handle, target)
+        .await
+        .map_err(|e| e.with_host_key(host_key.clone()))?;
+    if options.warm_up {
+        // Failure here is not fatal: forwarding may still work where commands do not.
+        match run_command(&handle, "true", options.channel_open_timeout).await {
+            Ok(out) if out.exit_status == Some(0) => {}
+            Ok(out) => {
+                tracing::warn!(node = %target.alias, status = ?out.exit_status, "warm-up command failed")
+            }
+            Err(e) => tracing::warn!(node = %target.alias, error = %e, "warm-up command failed"),
+        }
+    }
+    Ok(Connected {
+        handle,
+        closed,
+        disconnect_reason,
+        host_key,
+    })
+}
+
+fn handshake_error(
+    target: &SshTarget,
+    checked: Option<HostKeyStatus>,
+    e: russh::Error,
+) -> SessionError {
+    let name = target.host_key_name();
+    let files: Vec<String> = target
+        .known_hosts_files
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let status = checked.clone();
+    let error = match checked {
+        Some(HostKeyStatus::Changed {
+            fingerprint,
+            file,
+            line,
+        }) => SessionError::new(
+            Kind::HostKey,
+            format!(
+                "REMOTE HOST KEY CHANGED for {} ({name}:{}): the node now presents {fingerprint}, which does not match \
+                 {file}:{line}. Someone may be intercepting the connection; refusing to connect. If the change is \
+                 expected, remove the old entry (ssh-keygen -R '{name}' -f {file}) and reconnect.",
+                target.alias, target.port
+            ),
+        ),
+        Some(HostKeyStatus::Unknown { fingerprint }) => SessionError::new(
+            Kind::HostKey,
+            format!(
+                "host key of {} ({name}:{}) is not in known_hosts ({}); it presents {fingerprint}. Verify it and add it \
+                 (e.g. `ssh {}` once), or set StrictHostKeyChecking accept-new for this host.",
+                target.alias,
+                target.port,
+                files.join(", "),
+                target.alias
+            ),
+        ),
+        _ => {
+            let kind = match &e {
+                russh::Error::IO(_) | russh::Error::Disconnect | russh::Error::HUP => Kind::Closed,
+                russh::Error::ConnectionTimeout
+                | russh::Error::KeepaliveTimeout
+                | russh::Error::Elapsed(_) => Kind::Timeout,
+                _ => Kind::Protocol,
+            };
+            SessionError::new(
+                kind,
+                format!(
+                    "ssh handshake with {} ({}:{}) failed: {e}",
+                    target.alias, target.host, target.port
+                ),
+            )
+        }
+    };
+    match status {
+        Some(status) => error.with_host_key(status),
+        None => error,
+    }
+}
+
+/// A command's captured output.
+#[derive(Debug, Default)]
+pub(crate) struct CommandOutput {
+    pub exit_status: Option<u32>,
+    pub stdout: Vec<u8>,
+}
+
+/// Runs a short command to completion (warm-up, probes). Output is capped.
+pub(crate) async fn run_command(
+    handle: &Handle<Client>,
+    command: &str,
+    timeout: Duration,
+) -> Result<CommandOutput, russh::Error> {
+    tokio::time::timeout(timeout, async {
+        let mut channel = handle.channel_open_session().await?;
+        channel.exec(true, command).await?;
+        channel.eof().await?;
+        let mut out = CommandOutput::default();
+        while let Some(msg) = channel.wait().await {
+            match msg {
+                ChannelMsg::Data { data } if out.stdout.len() < 64 * 1024 => {
+                    out.stdout.extend_from_slice(&data)
+                }
+                ChannelMsg::ExitStatus { exit_status } => out.exit_status = Some(exit_status),
+                ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(russh::Error::from)?
+}
+
+fn backoff(options: &SessionOptions, attempt: u32) -> Duration {
+    if attempt == 0 {
+        // Right after a drop: reconnect almost at once, with a little jitter so many
+        // nodes dropped together do not reconnect in lockstep.
+        return Duration::from_millis(fastrand::u64(0..=100));
+    }
+    let exp = options
+        .backoff_min
+        .saturating_mul(1u32 << (attempt - 1).min(16));
+    let base = exp.min(options.backoff_max);
+    base.mul_f64(0.5 + fastrand::f64() * 0.5)
+}
+
+async fn run(shared: Arc<Shared>) {
+    let target = &shared.target;
+    let options = &shared.options;
+    let timeout = target.connect_timeout.unwrap_or(options.connect_timeout);
+    let mut attempt: u32 = 0;
+    loop {
+        shared.state.send_replace(Conn::Connecting { attempt });
+        let result = match tokio::time::timeout(timeout, connect(target, options)).await {
+            Ok(r) => r,
+            Err(_) => Err(SessionError::new(
+                Kind::Timeout,
+                format!(
+                    "connecting to {} timed out after {timeout:?}",
+                    target.describe()
+                ),
+            )),
+        };
+        match result {
+            Ok(connected) => {
+                let since = Instant::now();
+                tracing::info!(node = %target.alias, host_key = connected.host_key.as_str(), "ssh connected");
+                let handle = Arc::new(connected.handle);
+                shared.state.send_replace(Conn::Up {
+                    handle,
+                    since,
+                    host_key: connected.host_key,
+                });
+                let _ = connected.closed.await;
+                let reason = connected
+                    .disconnect_reason
+                    .lock()
+                    .expect("not poisoned")
+                    .take();
+                let reason = reason.unwrap_or_else(|| "connection closed".to_owned());
+                tracing::warn!(node = %target.alias, %reason, "ssh connection lost");
+                // A connection that lived a while starts the backoff over; one that keeps
+                // dying right after connecting keeps backing off further.
+                if since.elapsed() > Duration::from_secs(30) {
+                    attempt = 0;
+                }
+                let delay = backoff(options, attempt);
+                let error = SessionError::new(
+                    Kind::Closed,
+                    format!("ssh connection to {} lost: {reason}", target.alias),
+                );
+                shared.state.send_replace(Conn::BackingOff {
+                    until: Instant::now() + delay,
+                    attempt,
+                    error,
+                });
+                attempt = attempt.saturating_add(1);
+                pause(&shared, delay).await;
+            }
+            Err(error) if error.is_fatal() => {
+                tracing::error!(node = %target.alias, error = %error.message, "ssh connection refused; not retrying until {:?} or reconnect_now", options.failed_retry_after);
+                shared.state.send_replace(Conn::Failed {
+                    until: Instant::now() + options.failed_retry_after,
+                    error,
+                });
+                pause(&shared, options.failed_retry_after).await;
+                attempt = 0;
+            }
+            Err(error) => {
+                attempt = attempt.saturating_add(1);
+                let delay = backoff(options, attempt);
+                tracing::warn!(node = %target.alias, error = %error.message, retry_in = ?delay, "ssh connect failed");
+                shared.state.send_replace(Conn::BackingOff {
+                    until: Instant::now() + delay,
+                    attempt,
+                    error,
+                });
+                pause(&shared, delay).await;
+            }
+        }
+    }
+}
+
+async fn pause(shared: &Shared, delay: Duration) {
+    tokio::select! {
+        () = tokio::time::sleep(delay) => {}
+        () = shared.wake.notified() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        let o = SessionOptions::default();
+        assert!(backoff(&o, 0) <= Duration::from_millis(100));
+        for attempt in 1..40 {
+            let d = backoff(&o, attempt);
+            let base = o
+                .backoff_min
+                .saturating_mul(1 << (attempt - 1).min(16))
+                .min(o.backoff_max);
+            assert!(
+                d >= base / 2 && d <= base,
+                "attempt {attempt}: {d:?} vs {base:?}"
+            );
+        }
+        assert!(backoff(&o, 39) <= o.backoff_max);
+    }
+
+    #[test]
+    fn only_human_problems_are_fatal() {
+        for kind in [Kind::HostKey, Kind::Auth, Kind::Config] {
+            assert!(SessionError::new(kind, "x").is_fatal());
+        }
+        for kind in [Kind::Refused, Kind::Timeout, Kind::Closed, Kind::Protocol] {
+            assert!(!SessionError::new(kind, "x").is_fatal());
+        }
+    }
+}
