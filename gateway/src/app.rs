@@ -1,10 +1,16 @@
 //! The one place the gateway is assembled. A request passes, in order:
 //!
 //! ```text
-//! set x-request-id ─► propagate it to the response ─► mark secrets sensitive ─► trace span
-//!   ─► catch panics (500 in OpenAI's shape) ─► body limit (413) ─► REST front (validate,
-//!   adapt to GatewayRequest) ─► routing service (pick node, first-byte timeout)
-//!   ─► node transport ─► relay (SSE frame by frame, or whole body)
+//! HTTP layers (every front on the listener):
+//!   set x-request-id ─► propagate it to the response ─► mark secrets sensitive ─► trace span
+//!   ─► catch panics (500 in OpenAI's shape) ─► auth (API key -> Caller) ─► rate limits
+//!   (global, per key: requests and tokens) ─► body limit (413)
+//! front: REST handler validates the body and adapts it to one GatewayRequest
+//! routing stack:
+//!   authorize model for the caller ─► retry with failover (budgeted) ─► balance (model,
+//!   tiers, breaker, P2C over TTFT x in-flight, concurrency slots, bounded queue)
+//!   ─► node: transport, first-byte timeout, idle and total timeouts on the body
+//! relay: SSE event by event (in-band error if cut), or the whole body
 //! ```
 
 use std::future::Future;
@@ -24,9 +30,26 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::config::Config;
-use crate::errors::json_error;
+use crate::errors::{GatewayError, json_error};
+use crate::layers::auth::{self, AuthorizeModel, Keys};
+use crate::layers::balance::Balance;
+use crate::layers::rate_limit::RateLimitLayer;
+use crate::layers::retry::Failover;
 use crate::nodes::{Nodes, spawn_discovery};
-use crate::routing::{RoundRobin, RoutingService};
+use crate::request::{GatewayRequest, Routed};
+
+/// The routing stack as the fronts see it.
+pub type RoutingService = tower::util::BoxCloneSyncService<GatewayRequest, Routed, GatewayError>;
+
+/// Which layers to assemble.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stack {
+    /// Everything: the way meshgate serves.
+    Full,
+    /// No auth, rate limits, model authorization or failover: only balance and relay.
+    /// For measuring what the layers cost (benchmarks), never for serving.
+    Bare,
+}
 
 /// Size bounds the fronts enforce.
 #[derive(Debug, Clone, Copy)]
@@ -54,15 +77,27 @@ pub struct Gateway {
 impl Gateway {
     /// Build the gateway and start discovery. Must run inside a tokio runtime.
     pub fn new(config: &Config) -> Result<Self, String> {
+        Self::build(config, Stack::Full)
+    }
+
+    pub fn build(config: &Config, stack: Stack) -> Result<Self, String> {
         let nodes = Arc::new(Nodes::from_config(config)?);
+        let keys = Arc::new(Keys::from_config(&config.keys)?);
         let limits = Limits {
             max_request_bytes: config.server.max_request_bytes,
             max_response_bytes: config.server.max_response_bytes,
         };
-        let routing = RoutingService::new(RoundRobin::new(
-            Arc::clone(&nodes),
-            config.timeouts.first_byte,
-        ));
+        let full = stack == Stack::Full;
+        let balance = Balance::new(Arc::clone(&nodes), &config.routing);
+        let routing = match stack {
+            Stack::Full => RoutingService::new(
+                ServiceBuilder::new()
+                    .layer(AuthorizeModel::layer())
+                    .layer(tower::retry::RetryLayer::new(Failover::new(&config.retry)))
+                    .service(balance),
+            ),
+            Stack::Bare => RoutingService::new(balance),
+        };
         let state = AppState {
             routing,
             nodes: Arc::clone(&nodes),
@@ -86,6 +121,8 @@ impl Gateway {
                     );
                     json_error(http::StatusCode::INTERNAL_SERVER_ERROR, &envelope)
                 }))
+                .option_layer(full.then(|| auth::layer(keys)))
+                .option_layer(full.then(|| RateLimitLayer::new(&config.limits)))
                 .layer(DefaultBodyLimit::max(limits.max_request_bytes)),
         );
         let discovery =

@@ -56,10 +56,10 @@ pub fn render(reports: &[NodeReport]) -> String {
     ];
     for r in reports {
         let (status, rtt, detail) = match &r.probe.result {
-            Ok(models) => (
+            Ok(found) => (
                 "ok",
                 format!("{:.1}ms", r.probe.rtt.as_secs_f64() * 1e3),
-                models.join(", "),
+                found.models.join(", "),
             ),
             Err(e) => ("FAILED", "-".into(), e.clone()),
         };

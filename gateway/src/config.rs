@@ -17,7 +17,12 @@ pub struct Config {
     pub server: ServerConfig,
     pub discovery: DiscoveryConfig,
     pub timeouts: Timeouts,
+    pub routing: RoutingConfig,
+    pub retry: RetryConfig,
+    pub breaker: BreakerConfig,
+    pub limits: GlobalLimits,
     pub nodes: Vec<NodeConfig>,
+    pub keys: Vec<KeyConfig>,
 }
 
 impl Default for Config {
@@ -26,7 +31,12 @@ impl Default for Config {
             server: ServerConfig::default(),
             discovery: DiscoveryConfig::default(),
             timeouts: Timeouts::default(),
+            routing: RoutingConfig::default(),
+            retry: RetryConfig::default(),
+            breaker: BreakerConfig::default(),
+            limits: GlobalLimits::default(),
             nodes: vec![NodeConfig::local("local", "http://127.0.0.1:11434")],
+            keys: Vec::new(),
         }
     }
 }
@@ -40,6 +50,9 @@ pub struct ServerConfig {
     pub max_request_bytes: usize,
     /// Largest non-streaming response buffered from a node.
     pub max_response_bytes: usize,
+    /// Serve without API keys on a non-loopback address. Off: a gateway opened to the
+    /// network by accident is the classic incident.
+    pub allow_unauthenticated: bool,
 }
 
 impl Default for ServerConfig {
@@ -48,6 +61,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_request_bytes: 4 << 20,
             max_response_bytes: 64 << 20,
+            allow_unauthenticated: false,
         }
     }
 }
@@ -72,16 +86,22 @@ impl Default for DiscoveryConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
     /// Reaching the node (TCP connect; SSH connect and channel open).
     #[serde(with = "humantime_serde")]
     pub connect: Duration,
-    /// From sending the request to the response head. Generous: a cold model load on
-    /// Ollama takes tens of seconds.
+    /// From sending the request to the first byte of the answer's body (the first
+    /// token). Generous: a cold model load on Ollama takes tens of seconds.
     #[serde(with = "humantime_serde")]
     pub first_byte: Duration,
+    /// Longest silence between two chunks of a streamed answer.
+    #[serde(with = "humantime_serde")]
+    pub idle: Duration,
+    /// Longest a whole request may take, stream included.
+    #[serde(with = "humantime_serde")]
+    pub total: Duration,
 }
 
 impl Default for Timeouts {
@@ -89,8 +109,135 @@ impl Default for Timeouts {
         Self {
             connect: Duration::from_secs(5),
             first_byte: Duration::from_secs(120),
+            idle: Duration::from_secs(60),
+            total: Duration::from_secs(600),
         }
     }
+}
+
+/// Per-node overrides of [`Timeouts`]; unset keys use the global value.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutOverrides {
+    #[serde(default, with = "humantime_serde::option")]
+    pub connect: Option<Duration>,
+    #[serde(default, with = "humantime_serde::option")]
+    pub first_byte: Option<Duration>,
+    #[serde(default, with = "humantime_serde::option")]
+    pub idle: Option<Duration>,
+    #[serde(default, with = "humantime_serde::option")]
+    pub total: Option<Duration>,
+}
+
+impl Timeouts {
+    pub fn with(self, o: &TimeoutOverrides) -> Self {
+        Self {
+            connect: o.connect.unwrap_or(self.connect),
+            first_byte: o.first_byte.unwrap_or(self.first_byte),
+            idle: o.idle.unwrap_or(self.idle),
+            total: o.total.unwrap_or(self.total),
+        }
+    }
+}
+
+/// How a node is chosen among those that serve the model.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// How fast the time-to-first-token estimate forgets (Peak-EWMA decay).
+    #[serde(with = "humantime_serde")]
+    pub ewma_decay: Duration,
+    /// Estimate for a node that has not answered yet.
+    #[serde(with = "humantime_serde")]
+    pub default_ttft: Duration,
+    /// When every node is at its max_concurrency: how long a request waits for a slot...
+    #[serde(with = "humantime_serde")]
+    pub queue_timeout: Duration,
+    /// ... and how many requests may wait per node.
+    pub queue_depth: usize,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            ewma_decay: Duration::from_secs(10),
+            default_ttft: Duration::from_millis(500),
+            queue_timeout: Duration::from_secs(2),
+            queue_depth: 32,
+        }
+    }
+}
+
+/// Failover to another node.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Attempts per request, the first included.
+    pub max_attempts: u32,
+    /// Retries may add at most this fraction of load on top of first attempts...
+    pub budget_ratio: f32,
+    /// ... plus this many retries per second regardless.
+    pub budget_min_per_second: u32,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            budget_ratio: 0.2,
+            budget_min_per_second: 10,
+        }
+    }
+}
+
+/// Per-node circuit breaker.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Consecutive failures that take a node out of rotation.
+    pub failures: u32,
+    /// First pause before one probe request may try the node again; doubles per failed probe.
+    #[serde(with = "humantime_serde")]
+    pub backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failures: 3,
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Limits over all callers together.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GlobalLimits {
+    pub requests_per_minute: Option<u32>,
+    /// Requests that may arrive at once above the steady rate (default: a minute's worth).
+    pub burst: Option<u32>,
+}
+
+/// An API key. The key itself is never in the file: only its SHA-256, or the name of an
+/// environment variable that holds it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    pub name: String,
+    /// Hex SHA-256 of the key (`meshgate hash-key` prints it).
+    pub sha256: Option<String>,
+    /// Or: an environment variable holding the key.
+    pub key_env: Option<String>,
+    /// Models this key may use (default: all).
+    pub models: Option<Vec<String>>,
+    pub requests_per_minute: Option<u32>,
+    pub burst: Option<u32>,
+    /// Tokens (prompt + completion, as the node reports them) per minute.
+    pub tokens_per_minute: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -136,6 +283,9 @@ pub struct NodeConfig {
     pub models: Option<Vec<String>>,
     /// Environment variable holding the model server's own API key (vLLM/llama.cpp `--api-key`).
     pub api_key_env: Option<String>,
+    /// Overrides of [timeouts] for this node.
+    #[serde(default)]
+    pub timeouts: TimeoutOverrides,
 }
 
 fn default_transport() -> TransportKind {
@@ -160,6 +310,7 @@ impl NodeConfig {
             max_concurrency: None,
             models: None,
             api_key_env: None,
+            timeouts: TimeoutOverrides::default(),
         }
     }
 }
@@ -222,6 +373,39 @@ impl Config {
             return Err(invalid(
                 "discovery.interval".into(),
                 "must be greater than 0",
+            ));
+        }
+        if self.retry.max_attempts == 0 {
+            return Err(invalid("retry.max_attempts".into(), "must be at least 1"));
+        }
+        if !(0.0..=10.0).contains(&self.retry.budget_ratio) {
+            return Err(invalid(
+                "retry.budget_ratio".into(),
+                "must be between 0 and 10",
+            ));
+        }
+        if self.breaker.failures == 0 {
+            return Err(invalid("breaker.failures".into(), "must be at least 1"));
+        }
+        if self.routing.ewma_decay.is_zero() {
+            return Err(invalid(
+                "routing.ewma_decay".into(),
+                "must be greater than 0",
+            ));
+        }
+        check_rate("limits", self.limits.requests_per_minute, self.limits.burst)?;
+        self.validate_keys()?;
+        if self.keys.is_empty()
+            && !self.server.listen.ip().is_loopback()
+            && !self.server.allow_unauthenticated
+        {
+            return Err(invalid(
+                "server.listen".into(),
+                &format!(
+                    "{} is reachable from the network but no [[keys]] are configured; add keys, \
+                     or set server.allow_unauthenticated = true if that is really intended",
+                    self.server.listen
+                ),
             ));
         }
         let mut names = HashSet::new();
@@ -289,6 +473,65 @@ impl Config {
         }
         Ok(())
     }
+
+    fn validate_keys(&self) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: &str| ConfigError::Invalid {
+            key,
+            message: message.into(),
+        };
+        let mut names = HashSet::new();
+        for (i, k) in self.keys.iter().enumerate() {
+            let key = |field: &str| format!("keys[{i}].{field}");
+            if k.name.is_empty() || !names.insert(k.name.as_str()) {
+                return Err(invalid(key("name"), "must be unique and not empty"));
+            }
+            match (&k.sha256, &k.key_env) {
+                (Some(hash), None) => {
+                    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Err(invalid(
+                            key("sha256"),
+                            "must be 64 hex digits (meshgate hash-key prints it)",
+                        ));
+                    }
+                }
+                (None, Some(var)) => {
+                    if std::env::var(var).map_or(true, |v| v.is_empty()) {
+                        return Err(invalid(
+                            key("key_env"),
+                            &format!("environment variable {var} is not set"),
+                        ));
+                    }
+                }
+                _ => {
+                    return Err(invalid(
+                        key("sha256"),
+                        "set exactly one of sha256 or key_env",
+                    ));
+                }
+            }
+            if k.models.as_ref().is_some_and(|m| m.is_empty()) {
+                return Err(invalid(key("models"), "when set, must list model names"));
+            }
+            check_rate(&format!("keys[{i}]"), k.requests_per_minute, k.burst)?;
+            if k.tokens_per_minute == Some(0) {
+                return Err(invalid(key("tokens_per_minute"), "must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_rate(table: &str, per_minute: Option<u32>, burst: Option<u32>) -> Result<(), ConfigError> {
+    let invalid = |field: &str, message: &str| ConfigError::Invalid {
+        key: format!("{table}.{field}"),
+        message: message.into(),
+    };
+    match (per_minute, burst) {
+        (Some(0), _) => Err(invalid("requests_per_minute", "must be at least 1")),
+        (_, Some(0)) => Err(invalid("burst", "must be at least 1")),
+        (None, Some(_)) => Err(invalid("burst", "needs requests_per_minute")),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -308,6 +551,37 @@ mod tests {
         let text = include_str!("../meshgate.example.toml");
         let c = Config::parse(text).unwrap();
         assert!(c.nodes.len() >= 2);
+        // The commented-out key example is valid too.
+        let keys: String = text
+            .lines()
+            .skip_while(|l| !l.starts_with("# [[keys]]"))
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| l.strip_prefix("# ").unwrap_or(l).to_owned() + "\n")
+            .collect();
+        let with_keys = Config::parse(&format!("{text}\n{keys}")).unwrap();
+        assert_eq!(with_keys.keys.len(), 1);
+        assert_eq!(with_keys.keys[0].requests_per_minute, Some(600));
+    }
+
+    #[test]
+    fn open_listen_needs_keys_or_an_explicit_opt_out() {
+        Config::parse("[server]\nlisten = \"0.0.0.0:8080\"\nallow_unauthenticated = true\n")
+            .unwrap();
+        let hash = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        Config::parse(&format!(
+            "[server]\nlisten = \"0.0.0.0:8080\"\n[[keys]]\nname = \"k\"\nsha256 = \"{hash}\"\n"
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn node_timeouts_override_the_global_ones() {
+        let c = Config::parse("[timeouts]\nidle = \"5s\"\n[[nodes]]\nname = \"a\"\nurl = \"http://x:1\"\ntimeouts = { first_byte = \"300s\" }\n").unwrap();
+        let t = c.timeouts.with(&c.nodes[0].timeouts);
+        assert_eq!(
+            (t.first_byte, t.idle),
+            (Duration::from_secs(300), Duration::from_secs(5))
+        );
     }
 
     #[test]
@@ -343,6 +617,22 @@ mod tests {
                 "nodes[0].ssh",
             ),
             ("nodes = []\n", "nodes"),
+            ("[server]\nlisten = \"0.0.0.0:8080\"\n", "server.listen"),
+            (
+                "[[keys]]\nname = \"k\"\nsha256 = \"abc\"\n",
+                "keys[0].sha256",
+            ),
+            ("[[keys]]\nname = \"k\"\n", "keys[0].sha256"),
+            (
+                "[[keys]]\nname = \"k\"\nkey_env = \"MESHGATE_TEST_UNSET_VAR\"\n",
+                "keys[0].key_env",
+            ),
+            ("[limits]\nburst = 5\n", "limits.burst"),
+            ("[retry]\nmax_attempts = 0\n", "retry.max_attempts"),
+            (
+                "[[nodes]]\nname = \"a\"\nurl = \"http://x:1\"\n[nodes.timeouts]\nfirst_byt = \"1s\"\n",
+                "first_byt",
+            ),
         ];
         for (text, key) in cases {
             let err = Config::parse(text).unwrap_err().to_string();

@@ -4,6 +4,8 @@
 //! nothing else decides a status.
 
 use axum::response::{IntoResponse, Response};
+use std::time::Duration;
+
 use http::{HeaderValue, StatusCode, header};
 use meshgate_proto::openai::ErrorEnvelope;
 use meshgate_transports::{Kind, Phase, TransportError};
@@ -36,8 +38,51 @@ pub enum GatewayError {
     },
     #[error("node `{node}` sent a response larger than {limit} bytes")]
     UpstreamTooLarge { node: String, limit: usize },
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("this API key may not use the model `{model}`")]
+    ModelNotAllowed { model: String },
+    #[error("rate limit reached for {scope} per minute (limit {limit}{}); try again in {:.1}s",
+        key.as_ref().map(|k| format!(", key `{k}`")).unwrap_or_default(), retry_after.as_secs_f64())]
+    RateLimited {
+        scope: LimitScope,
+        limit: u32,
+        retry_after: Duration,
+        key: Option<String>,
+    },
+    #[error("every node that serves `{0}` is at its concurrency limit; try again shortly")]
+    Saturated(String),
+    /// Failover was tried and every attempt failed: the last failure, and how many.
+    #[error("{last} (after {attempts} attempts on different nodes)")]
+    GaveUp {
+        attempts: u32,
+        last: Box<GatewayError>,
+    },
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// What a rate limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitScope {
+    Requests,
+    Tokens,
+}
+
+impl std::fmt::Display for LimitScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl LimitScope {
+    /// Also OpenAI's error `type` for a 429.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitScope::Requests => "requests",
+            LimitScope::Tokens => "tokens",
+        }
+    }
 }
 
 /// How one kind of error is presented on each front.
@@ -60,10 +105,12 @@ pub enum GrpcCode {
     InvalidArgument = 3,
     DeadlineExceeded = 4,
     NotFound = 5,
+    PermissionDenied = 7,
     ResourceExhausted = 8,
     Unimplemented = 12,
     Internal = 13,
     Unavailable = 14,
+    Unauthenticated = 16,
 }
 
 const fn class(
@@ -105,6 +152,11 @@ impl GatewayError {
                 _ => class(S::BAD_GATEWAY, G::Unavailable, SERVER, Some("upstream_unavailable"), true),
             },
             Self::UpstreamTooLarge { .. } => class(S::BAD_GATEWAY, G::Internal, SERVER, Some("upstream_response_too_large"), false),
+            Self::Unauthorized(_) => class(S::UNAUTHORIZED, G::Unauthenticated, INVALID, Some("invalid_api_key"), false),
+            Self::ModelNotAllowed { .. } => class(S::FORBIDDEN, G::PermissionDenied, "permission_error", Some("model_not_allowed"), false),
+            Self::RateLimited { scope, .. } => class(S::TOO_MANY_REQUESTS, G::ResourceExhausted, scope.as_str(), Some("rate_limit_exceeded"), false),
+            Self::Saturated(_) => class(S::SERVICE_UNAVAILABLE, G::Unavailable, SERVER, Some("nodes_saturated"), false),
+            Self::GaveUp { last, .. } => Class { failover: false, ..last.class() },
             Self::Internal(_) => class(S::INTERNAL_SERVER_ERROR, G::Internal, SERVER, Some("internal_error"), false),
         }
     }
@@ -113,7 +165,28 @@ impl GatewayError {
     pub fn param(&self) -> Option<&str> {
         match self {
             Self::InvalidField { param, .. } => param.as_deref(),
-            Self::ModelNotFound(_) | Self::NoNodeAvailable(_) => Some("model"),
+            Self::ModelNotFound(_)
+            | Self::NoNodeAvailable(_)
+            | Self::ModelNotAllowed { .. }
+            | Self::Saturated(_) => Some("model"),
+            Self::GaveUp { last, .. } => last.param(),
+            _ => None,
+        }
+    }
+
+    /// How long the client should wait before trying again, when meshgate knows.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::RateLimited { retry_after, .. } => Some(*retry_after),
+            Self::Saturated(_) => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+
+    /// The node that failed, for errors that are about one.
+    pub fn node(&self) -> Option<&str> {
+        match self {
+            Self::Upstream { node, .. } | Self::UpstreamTooLarge { node, .. } => Some(node),
             _ => None,
         }
     }
@@ -131,9 +204,33 @@ impl IntoResponse for GatewayError {
         if self.class().status.is_server_error() {
             tracing::warn!(error = %self, "request failed");
         }
-        json_error(self.class().status, &self.envelope())
+        let mut response = json_error(self.class().status, &self.envelope());
+        self.write_headers(response.headers_mut());
+        response
     }
 }
+
+impl GatewayError {
+    /// Headers that tell clients (and SDKs' retry logic) what to do next.
+    pub fn write_headers(&self, headers: &mut http::HeaderMap) {
+        if let Some(wait) = self.retry_after() {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            headers.insert(
+                "retry-after-ms",
+                HeaderValue::from(wait.as_millis().max(1) as u64),
+            );
+        }
+        if let Self::GaveUp { attempts, .. } = self {
+            // meshgate already failed over; an SDK retrying on top would multiply load.
+            headers.insert("x-should-retry", HeaderValue::from_static("false"));
+            headers.insert(ATTEMPTS_HEADER, HeaderValue::from(*attempts));
+        }
+    }
+}
+
+/// How many nodes were tried for a request.
+pub const ATTEMPTS_HEADER: &str = "x-meshgate-attempts";
 
 /// An OpenAI-envelope response (also used for errors raised outside handlers).
 pub fn json_error(status: StatusCode, envelope: &ErrorEnvelope) -> Response {
@@ -163,6 +260,46 @@ mod tests {
         assert!(upstream(Phase::FirstByte, Kind::Timeout).class().failover);
         assert!(!upstream(Phase::Body, Kind::Closed).class().failover);
         assert!(!GatewayError::ModelNotFound("m".into()).class().failover);
+    }
+
+    #[test]
+    fn giving_up_keeps_the_last_class_but_forbids_more_failover() {
+        let e = GatewayError::GaveUp {
+            attempts: 3,
+            last: Box::new(upstream(Phase::Connect, Kind::Refused)),
+        };
+        let c = e.class();
+        assert_eq!(
+            (c.status, c.code, c.failover),
+            (StatusCode::BAD_GATEWAY, Some("upstream_unavailable"), false)
+        );
+        let mut headers = http::HeaderMap::new();
+        e.write_headers(&mut headers);
+        assert_eq!(headers["x-should-retry"], "false");
+        assert_eq!(headers["x-meshgate-attempts"], "3");
+    }
+
+    #[test]
+    fn every_429_says_when_to_retry() {
+        let e = GatewayError::RateLimited {
+            scope: LimitScope::Requests,
+            limit: 60,
+            retry_after: Duration::from_millis(1200),
+            key: Some("app".into()),
+        };
+        let c = e.class();
+        assert_eq!(
+            (c.status, c.kind, c.grpc),
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                "requests",
+                GrpcCode::ResourceExhausted
+            )
+        );
+        let mut headers = http::HeaderMap::new();
+        e.write_headers(&mut headers);
+        assert_eq!(headers["retry-after"], "2");
+        assert_eq!(headers["retry-after-ms"], "1200");
     }
 
     #[test]

@@ -9,9 +9,9 @@ pub mod config;
 pub mod demo;
 pub mod errors;
 pub mod http;
+pub mod layers;
 pub mod nodes;
 pub mod request;
-pub mod routing;
 pub mod telemetry;
 
 pub use app::Gateway;

@@ -17,14 +17,90 @@ use meshgate_transports::TransportError;
 use pin_project_lite::pin_project;
 
 use crate::errors::GatewayError;
+use crate::layers::auth::Caller;
 use crate::request::Routed;
+use meshgate_proto::openai::Usage;
 
 pub const NODE_HEADER: HeaderName = HeaderName::from_static("x-meshgate-node");
+
+/// Where the tokens an answer used are booked: the caller's token budget, if it has one.
+/// Without one, relaying never looks inside the answer.
+#[derive(Clone, Default)]
+pub struct Meter(Option<Caller>);
+
+impl Meter {
+    pub fn for_request(extensions: &http::Extensions) -> Self {
+        Self(
+            extensions
+                .get::<Caller>()
+                .filter(|c| c.0.tokens.is_some())
+                .cloned(),
+        )
+    }
+
+    fn is_active(&self) -> bool {
+        self.0.is_some()
+    }
+
+    fn charge(&self, tokens: u32) {
+        if let Some(budget) = self.0.as_ref().and_then(|c| c.0.tokens.as_ref()) {
+            budget.charge(tokens);
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct WithUsage {
+    usage: Option<Usage>,
+}
+
+/// Tokens a streamed answer used: the node's usage report if it sent one, else one per
+/// content chunk (clients that do not ask for usage must not stream for free).
+#[derive(Default)]
+struct StreamUsage {
+    reported: Option<u32>,
+    chunks: u32,
+}
+
+impl StreamUsage {
+    fn scan(&mut self, events: &[u8]) {
+        for event in events
+            .split(|&b| b == b'\n')
+            .filter_map(|line| line.strip_prefix(b"data: "))
+        {
+            if contains(event, b"\"usage\":{") {
+                if let Ok(WithUsage { usage: Some(usage) }) = serde_json::from_slice(event) {
+                    self.reported = Some(usage.total_tokens);
+                }
+            } else if has_text(event, b"\"content\":\"") || has_text(event, b"\"text\":\"") {
+                self.chunks += 1;
+            }
+        }
+    }
+
+    fn total(&self) -> u32 {
+        self.reported.unwrap_or(self.chunks)
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Whether `key` (e.g. `"content":"`) is followed by a non-empty string: the role-only
+/// first chunk carries `"content":""` and is no token.
+fn has_text(event: &[u8], key: &[u8]) -> bool {
+    event
+        .windows(key.len())
+        .position(|w| w == key)
+        .is_some_and(|i| event.get(i + key.len()).is_some_and(|&b| b != b'"'))
+}
 
 pub async fn relay(
     routed: Routed,
     stream: bool,
     max_bytes: usize,
+    meter: Meter,
 ) -> Result<Response, GatewayError> {
     let Routed { node, response } = routed;
     let (mut parts, body) = response.into_parts();
@@ -44,7 +120,7 @@ pub async fn relay(
         parts
             .headers
             .insert("x-accel-buffering", HeaderValue::from_static("no"));
-        let body = SseRelay::new(body, node.to_string());
+        let body = SseRelay::new(body, node.to_string(), meter);
         return Ok(Response::from_parts(parts, axum::body::Body::new(body)));
     }
 
@@ -61,10 +137,13 @@ pub async fn relay(
                 limit: max_bytes,
             },
         })?;
-    Ok(Response::from_parts(
-        parts,
-        axum::body::Body::from(bytes.to_bytes()),
-    ))
+    let bytes = bytes.to_bytes();
+    if meter.is_active() {
+        if let Ok(WithUsage { usage: Some(usage) }) = serde_json::from_slice(&bytes) {
+            meter.charge(usage.total_tokens);
+        }
+    }
+    Ok(Response::from_parts(parts, axum::body::Body::from(bytes)))
 }
 
 /// Connection-scoped headers (RFC 9110 §7.6.1) describe the node's hop, not ours.
@@ -93,16 +172,20 @@ pin_project! {
         // Bytes of an event whose end has not arrived yet.
         partial: BytesMut,
         done: bool,
+        meter: Meter,
+        usage: StreamUsage,
     }
 }
 
 impl<B> SseRelay<B> {
-    pub fn new(inner: B, node: String) -> Self {
+    pub fn new(inner: B, node: String, meter: Meter) -> Self {
         Self {
             inner,
             node,
             partial: BytesMut::new(),
             done: false,
+            meter,
+            usage: StreamUsage::default(),
         }
     }
 }
@@ -142,27 +225,26 @@ where
         if *this.done {
             return Poll::Ready(None);
         }
-        loop {
+        let events = loop {
             match ready!(this.inner.as_mut().poll_frame(cx)) {
                 Some(Ok(frame)) => {
                     let data = match frame.into_data() {
                         Ok(data) => data,
-                        Err(frame) => return Poll::Ready(Some(Ok(frame))), // trailers
+                        Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
                     };
                     // Fast path: the frame holds whole events, as model servers send them.
                     if this.partial.is_empty() && last_event_end(&data) == Some(data.len()) {
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                        break data;
                     }
                     this.partial.extend_from_slice(&data);
                     if let Some(end) = last_event_end(this.partial) {
-                        return Poll::Ready(Some(Ok(Frame::data(
-                            this.partial.split_to(end).freeze(),
-                        ))));
+                        break this.partial.split_to(end).freeze();
                     }
                 }
                 Some(Err(source)) => {
                     *this.done = true;
                     this.partial.clear();
+                    this.meter.charge(this.usage.total());
                     let error = GatewayError::Upstream {
                         node: this.node.clone(),
                         source,
@@ -172,13 +254,19 @@ where
                 }
                 None => {
                     *this.done = true;
-                    if this.partial.is_empty() {
-                        return Poll::Ready(None);
+                    let rest = this.partial.split().freeze();
+                    if this.meter.is_active() {
+                        this.usage.scan(&rest);
+                        this.meter.charge(this.usage.total());
                     }
-                    return Poll::Ready(Some(Ok(Frame::data(this.partial.split().freeze()))));
+                    return Poll::Ready((!rest.is_empty()).then(|| Ok(Frame::data(rest))));
                 }
             }
+        };
+        if this.meter.is_active() {
+            this.usage.scan(&events);
         }
+        Poll::Ready(Some(Ok(Frame::data(events))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -198,7 +286,11 @@ mod tests {
         let frames = frames
             .into_iter()
             .map(|f| f.map(|s| Frame::data(Bytes::from_static(s.as_bytes()))));
-        let mut body = SseRelay::new(StreamBody::new(stream::iter(frames)), "n".into());
+        let mut body = SseRelay::new(
+            StreamBody::new(stream::iter(frames)),
+            "n".into(),
+            Meter::default(),
+        );
         let mut out = Vec::new();
         while let Some(frame) = body.frame().await {
             out.push(String::from_utf8(frame.unwrap().into_data().unwrap().to_vec()).unwrap());

@@ -12,13 +12,20 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
-use super::{Node, Nodes};
+use super::{Node, Nodes, Reachability};
 
-/// One probe's outcome: the node's models, or why it is unusable.
+/// One probe's outcome: what the node serves, or why it is unusable.
 #[derive(Debug, Clone)]
 pub struct Probe {
-    pub result: Result<Vec<String>, String>,
+    pub result: Result<Found, String>,
     pub rtt: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub models: Vec<String>,
+    /// Models in memory (Ollama's /api/ps), when the node says.
+    pub loaded: Option<Vec<String>>,
 }
 
 /// Probe a node once.
@@ -34,7 +41,21 @@ pub async fn probe(node: &Node, timeout: Duration) -> Probe {
     }
 }
 
-async fn list_models(node: &Node) -> Result<Vec<String>, String> {
+async fn list_models(node: &Node) -> Result<Found, String> {
+    let models = served_models(node).await?;
+    // Which models are warm decides between nodes of a tier; not every server says.
+    let loaded = match get(node, "/api/ps").await {
+        Ok((status, body)) if status.is_success() => {
+            serde_json::from_slice::<ollama::PsResponse>(&body)
+                .ok()
+                .map(|ps| ps.models.into_iter().map(|m| m.name).collect())
+        }
+        _ => None,
+    };
+    Ok(Found { models, loaded })
+}
+
+async fn served_models(node: &Node) -> Result<Vec<String>, String> {
     let (status, body) = get(node, "/v1/models").await?;
     if status.is_success() {
         if let Ok(list) = serde_json::from_slice::<openai::ModelList>(&body) {
@@ -76,7 +97,7 @@ async fn get(node: &Node, path: &'static str) -> Result<(http::StatusCode, Bytes
 
 /// Probe every node now and then every `interval`, until the returned tasks are aborted.
 pub fn spawn_discovery(
-    nodes: &Nodes,
+    nodes: &Arc<Nodes>,
     interval: Duration,
     timeout: Duration,
 ) -> Vec<JoinHandle<()>> {
@@ -85,19 +106,30 @@ pub fn spawn_discovery(
         .iter()
         .map(|node| {
             let node = Arc::clone(node);
+            let nodes = Arc::clone(nodes);
             tokio::spawn(async move {
                 let mut ticker = tokio::time::interval(interval);
                 ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     ticker.tick().await;
                     let probe = probe(&node, timeout).await;
-                    let was_online = node.is_online();
-                    node.record_probe(&probe);
-                    match (&probe.result, was_online) {
-                        (Ok(models), false) => {
-                            tracing::info!(node = %node.name, models = models.len(), rtt_ms = probe.rtt.as_secs_f64() * 1e3, "node online")
+                    let was_reachable = node.state().reachability == Reachability::Up;
+                    if node.record_probe(&probe) {
+                        nodes.reindex();
+                    }
+                    match (&probe.result, was_reachable) {
+                        (Ok(found), false) => tracing::info!(
+                            node = %node.name,
+                            models = found.models.len(),
+                            rtt_ms = probe.rtt.as_secs_f64() * 1e3,
+                            "node reachable"
+                        ),
+                        (Err(reason), true) => {
+                            tracing::warn!(node = %node.name, %reason, "node unreachable")
                         }
-                        (Err(reason), true) => tracing::warn!(node = %node.name, %reason, "node offline"),
+                        (Err(reason), false) => {
+                            tracing::debug!(node = %node.name, %reason, "node still unreachable")
+                        }
                         _ => {}
                     }
                 }

@@ -1,34 +1,63 @@
-//! The nodes meshgate routes to: each one's transport, and what discovery last learned
-//! about it (reachable or not and why, which models it serves, probe round-trip time).
+//! The nodes meshgate routes to: each one's transport, what discovery last learned
+//! (reachable or not and why, models served and loaded), and the live numbers the
+//! balancer reads (time-to-first-token estimate, requests in flight, concurrency slots,
+//! circuit breaker). `send` is the one way a request reaches a node.
 
+mod body;
 mod discovery;
 
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use meshgate_transports::BoxTransport;
 use meshgate_transports::local::{LocalConfig, LocalTransport};
+use meshgate_transports::{BoxTransport, Kind, Phase, TransportError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+pub use body::InFlight;
 pub use discovery::{Probe, probe, spawn_discovery};
 
-use crate::config::{Config, NodeConfig, TransportKind};
+use crate::config::{Config, NodeConfig, Timeouts, TransportKind};
+use crate::layers::breaker::{Admission, Breaker, State as BreakerState};
+use crate::layers::ewma::PeakEwma;
 
-/// What an operator sees for a node.
+/// Whether discovery could talk to the node.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Health {
+pub enum Reachability {
     /// Not probed yet.
     Unknown,
-    Online,
-    Offline {
+    Up,
+    Down {
         reason: String,
     },
 }
 
+/// What an operator sees for a node, with the reason when it is not plainly online.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    Online,
+    Degraded { reason: String },
+    Offline { reason: String },
+}
+
+impl Health {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Health::Online => "online",
+            Health::Degraded { .. } => "degraded",
+            Health::Offline { .. } => "offline",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct NodeState {
-    pub health: Health,
+    pub reachability: Reachability,
     pub models: Arc<[String]>,
+    /// Models in memory now (Ollama's /api/ps); `None` when the node does not say.
+    pub loaded: Option<Arc<[String]>>,
     pub last_probe: Option<Instant>,
     pub rtt: Option<Duration>,
 }
@@ -40,13 +69,33 @@ pub struct Node {
     /// Where the node is, for operators: a URL or an SSH alias.
     pub target: String,
     pub transport: BoxTransport,
+    pub timeouts: Timeouts,
+    pub max_concurrency: Option<u32>,
     /// Models fixed in config; discovery then only checks health.
-    pub static_models: Option<Arc<[String]>>,
+    static_models: Option<Arc<[String]>>,
+    slots: Option<Arc<Semaphore>>,
+    waiting: AtomicUsize,
+    in_flight: AtomicUsize,
+    ttft: Mutex<PeakEwma>,
+    breaker: Mutex<Breaker>,
     state: RwLock<NodeState>,
 }
 
+/// A claim on a node for one request: a concurrency slot (if the node has a limit) and
+/// the breaker's admission.
+pub struct Lease {
+    pub node: Arc<Node>,
+    slot: Option<OwnedSemaphorePermit>,
+    probe: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Node {
-    pub fn new(config: &NodeConfig, timeouts: &crate::config::Timeouts) -> Result<Self, String> {
+    pub fn new(config: &NodeConfig, global: &Config) -> Result<Self, String> {
+        let timeouts = global.timeouts.with(&config.timeouts);
         let (transport, target) = match config.transport {
             TransportKind::Local => {
                 let url = config.url.clone().unwrap_or_default();
@@ -83,9 +132,22 @@ impl Node {
             transport_kind: config.transport,
             target,
             transport,
+            timeouts,
+            max_concurrency: config.max_concurrency,
+            slots: config
+                .max_concurrency
+                .map(|n| Arc::new(Semaphore::new(n as usize))),
+            waiting: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            ttft: Mutex::new(PeakEwma::new(
+                global.routing.default_ttft,
+                global.routing.ewma_decay,
+            )),
+            breaker: Mutex::new(Breaker::new(global.breaker)),
             state: RwLock::new(NodeState {
-                health: Health::Unknown,
+                reachability: Reachability::Unknown,
                 models: static_models.clone().unwrap_or_else(|| Arc::new([])),
+                loaded: None,
                 last_probe: None,
                 rtt: None,
             }),
@@ -97,83 +159,278 @@ impl Node {
         self.state.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    pub fn is_online(&self) -> bool {
-        matches!(
-            self.state.read().unwrap_or_else(|e| e.into_inner()).health,
-            Health::Online
-        )
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Whether this node is online and serves `model`.
-    pub fn can_serve(&self, model: &str) -> bool {
-        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        state.health == Health::Online && state.models.iter().any(|m| m == model)
+    /// The time-to-first-token estimate now.
+    pub fn ttft_estimate(&self) -> Duration {
+        Duration::from_secs_f64(lock(&self.ttft).estimate(Instant::now()) / 1e9)
     }
 
-    pub fn serves(&self, model: &str) -> bool {
+    /// The balancer's score: lower is better. Expected wait for the first token, scaled
+    /// by how busy the node already is.
+    pub fn load(&self, now: Instant) -> f64 {
+        lock(&self.ttft).estimate(now) * (self.in_flight() as f64 + 1.0)
+    }
+
+    fn reachable(&self) -> bool {
         self.state
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .models
-            .iter()
-            .any(|m| m == model)
+            .reachability
+            == Reachability::Up
     }
 
-    fn update(&self, f: impl FnOnce(&mut NodeState)) {
-        f(&mut self.state.write().unwrap_or_else(|e| e.into_inner()));
+    /// Whether the balancer may pick this node now (ignoring its concurrency limit).
+    pub fn eligible(&self, now: Instant) -> bool {
+        self.reachable() && lock(&self.breaker).can_try(now)
     }
 
-    /// Record a probe's outcome.
-    pub fn record_probe(&self, probe: &Probe) {
-        self.update(|s| {
-            s.last_probe = Some(Instant::now());
-            match &probe.result {
-                Ok(models) => {
-                    s.health = Health::Online;
-                    s.rtt = Some(probe.rtt);
-                    s.models = self
-                        .static_models
-                        .clone()
-                        .unwrap_or_else(|| models.clone().into());
-                }
-                Err(reason) => {
-                    s.health = Health::Offline {
-                        reason: reason.clone(),
-                    }
-                }
+    pub fn has_free_slot(&self) -> bool {
+        self.slots
+            .as_ref()
+            .is_none_or(|s| s.available_permits() > 0)
+    }
+
+    /// Whether the node has `model` in memory, or does not say (then assume it does).
+    pub fn is_warm(&self, model: &str) -> bool {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        state
+            .loaded
+            .as_ref()
+            .is_none_or(|loaded| loaded.iter().any(|m| m == model))
+    }
+
+    /// Usable for routing: reachable, and the breaker not open.
+    pub fn is_online(&self) -> bool {
+        !matches!(self.health(), Health::Offline { .. })
+    }
+
+    pub fn health(&self) -> Health {
+        let state = self.state();
+        match state.reachability {
+            Reachability::Unknown => {
+                return Health::Offline {
+                    reason: "not probed yet".into(),
+                };
             }
-        });
+            Reachability::Down { reason } => return Health::Offline { reason },
+            Reachability::Up => {}
+        }
+        let breaker = lock(&self.breaker);
+        let last = breaker.last_failure().unwrap_or("unknown error").to_owned();
+        match breaker.state() {
+            BreakerState::Open { until, .. } => Health::Offline {
+                reason: format!(
+                    "{} consecutive failures, last: {last}; next try in {:.1}s",
+                    breaker.consecutive_failures(),
+                    until
+                        .saturating_duration_since(Instant::now())
+                        .as_secs_f64()
+                ),
+            },
+            BreakerState::HalfOpen { .. } => Health::Degraded {
+                reason: format!("probing after failures, last: {last}"),
+            },
+            BreakerState::Closed if breaker.consecutive_failures() > 0 => Health::Degraded {
+                reason: format!(
+                    "{} recent failures, last: {last}",
+                    breaker.consecutive_failures()
+                ),
+            },
+            BreakerState::Closed => Health::Online,
+        }
     }
 
-    /// A request could not reach the node: take it out of rotation until the next
-    /// successful probe.
-    pub fn mark_unreachable(&self, reason: String) {
-        self.update(|s| s.health = Health::Offline { reason });
+    /// Claim the node for a request without waiting: a free slot and breaker admission.
+    pub fn try_lease(self: &Arc<Self>, now: Instant) -> Option<Lease> {
+        let slot = match &self.slots {
+            Some(slots) => Some(Arc::clone(slots).try_acquire_owned().ok()?),
+            None => None,
+        };
+        let admission = lock(&self.breaker).admit(now)?;
+        Some(Lease {
+            node: Arc::clone(self),
+            slot,
+            probe: admission == Admission::Probe,
+        })
+    }
+
+    /// Wait (bounded in time and queue length) for a slot on a saturated node.
+    pub async fn queue_for_lease(
+        self: &Arc<Self>,
+        timeout: Duration,
+        depth: usize,
+    ) -> Option<Lease> {
+        let slots = self.slots.as_ref()?;
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= depth {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let slot = tokio::time::timeout(timeout, Arc::clone(slots).acquire_owned()).await;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        let slot = slot.ok()?.ok()?;
+        let admission = lock(&self.breaker).admit(Instant::now())?;
+        Some(Lease {
+            node: Arc::clone(self),
+            slot: Some(slot),
+            probe: admission == Admission::Probe,
+        })
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    fn record_failure(&self, reason: String) {
+        tracing::debug!(node = %self.name, %reason, "node failure");
+        lock(&self.breaker).on_failure(Instant::now(), reason);
+    }
+
+    fn record_success(&self) {
+        lock(&self.breaker).on_success();
+    }
+
+    fn record_ttft(&self, ttft: Duration) {
+        lock(&self.ttft).sample(ttft, Instant::now());
+    }
+
+    /// Record a discovery probe's outcome. Returns whether the node's model list changed.
+    pub fn record_probe(&self, probe: &Probe) -> bool {
+        let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
+        s.last_probe = Some(Instant::now());
+        match &probe.result {
+            Ok(found) => {
+                lock(&self.breaker).on_probe_ok(Instant::now());
+                s.reachability = Reachability::Up;
+                s.rtt = Some(probe.rtt);
+                s.loaded = found.loaded.clone().map(Into::into);
+                let models: Arc<[String]> = self
+                    .static_models
+                    .clone()
+                    .unwrap_or_else(|| found.models.clone().into());
+                let changed = s.models != models;
+                s.models = models;
+                changed
+            }
+            Err(reason) => {
+                s.reachability = Reachability::Down {
+                    reason: reason.clone(),
+                };
+                false
+            }
+        }
     }
 }
 
-/// All configured nodes, in config order.
+/// Send a request to the leased node and wait for the first byte of its answer's body
+/// (the first token) before handing the response on: a node that accepts a request but
+/// never produces a token is then a failure another node can still take over.
+pub async fn send(
+    lease: Lease,
+    request: meshgate_transports::Request,
+) -> Result<(http::response::Parts, body::NodeBody), TransportError> {
+    let Lease { node, slot, probe } = lease;
+    let started = Instant::now();
+    let in_flight = InFlight::new(Arc::clone(&node), slot, probe);
+    let deadline = started + node.timeouts.first_byte;
+    let timed_out = || {
+        TransportError::new(
+            Phase::FirstByte,
+            Kind::Timeout,
+            format!("no first byte within {:?}", node.timeouts.first_byte),
+        )
+    };
+
+    let call = tower::ServiceExt::oneshot(node.transport.clone(), request);
+    let response = match tokio::time::timeout_at(deadline, call).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => return Err(in_flight.failed(e)),
+        Err(_) => return Err(in_flight.failed(timed_out())),
+    };
+    let (parts, mut body) = response.into_parts();
+    let first =
+        match tokio::time::timeout_at(deadline, http_body_util::BodyExt::frame(&mut body)).await {
+            Ok(Some(Ok(frame))) => Some(frame),
+            Ok(None) => None,
+            // Nothing has reached the client yet, so this is still a pre-first-byte failure.
+            Ok(Some(Err(e))) => return Err(in_flight.failed(e.in_phase(Phase::FirstByte))),
+            Err(_) => return Err(in_flight.failed(timed_out())),
+        };
+    node.record_ttft(started.elapsed());
+    if parts.status.is_server_error() {
+        node.record_failure(format!("answered {}", parts.status));
+    } else {
+        // 2xx, and 4xx too: the node is working; a bad request is the client's fault.
+        node.record_success();
+    }
+    Ok((parts, body::NodeBody::new(first, body, in_flight)))
+}
+
+/// All configured nodes, and which of them serve each model, by tier.
 pub struct Nodes {
     pub list: Vec<Arc<Node>>,
+    index: RwLock<Arc<ModelIndex>>,
+}
+
+/// model -> tiers (lowest priority number first) -> nodes that report the model.
+#[derive(Default)]
+pub struct ModelIndex(HashMap<String, Vec<Vec<Arc<Node>>>>);
+
+impl ModelIndex {
+    fn build(nodes: &[Arc<Node>]) -> Self {
+        let mut by_model: HashMap<String, Vec<Arc<Node>>> = HashMap::new();
+        for node in nodes {
+            for model in node.state().models.iter() {
+                by_model
+                    .entry(model.clone())
+                    .or_default()
+                    .push(Arc::clone(node));
+            }
+        }
+        let tiers = by_model
+            .into_iter()
+            .map(|(model, mut nodes)| {
+                nodes.sort_by_key(|n| n.priority);
+                let tiers = nodes
+                    .chunk_by(|a, b| a.priority == b.priority)
+                    .map(<[Arc<Node>]>::to_vec)
+                    .collect();
+                (model, tiers)
+            })
+            .collect();
+        Self(tiers)
+    }
+
+    pub fn tiers(&self, model: &str) -> Option<&[Vec<Arc<Node>>]> {
+        self.0.get(model).map(Vec::as_slice)
+    }
 }
 
 impl Nodes {
     pub fn from_config(config: &Config) -> Result<Self, String> {
-        let list = config
+        let list: Vec<Arc<Node>> = config
             .nodes
             .iter()
-            .map(|n| Node::new(n, &config.timeouts).map(Arc::new))
+            .map(|n| Node::new(n, config).map(Arc::new))
             .collect::<Result<_, _>>()?;
-        Ok(Self { list })
+        let index = RwLock::new(Arc::new(ModelIndex::build(&list)));
+        Ok(Self { list, index })
+    }
+
+    pub fn index(&self) -> Arc<ModelIndex> {
+        Arc::clone(&self.index.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Rebuild the model index after a node's model list changed.
+    pub fn reindex(&self) {
+        let index = Arc::new(ModelIndex::build(&self.list));
+        *self.index.write().unwrap_or_else(|e| e.into_inner()) = index;
     }
 
     pub fn any_online(&self) -> bool {
         self.list.iter().any(|n| n.is_online())
-    }
-
-    /// Whether any node (online or not) has ever reported `model`.
-    pub fn known_model(&self, model: &str) -> bool {
-        self.list.iter().any(|n| n.serves(model))
     }
 
     /// The union of models over online nodes, sorted, without duplicates.
@@ -181,9 +438,8 @@ impl Nodes {
         let mut models: Vec<String> = self
             .list
             .iter()
-            .map(|n| n.state())
-            .filter(|s| s.health == Health::Online)
-            .flat_map(|s| s.models.to_vec())
+            .filter(|n| n.is_online())
+            .flat_map(|n| n.state().models.to_vec())
             .collect();
         models.sort();
         models.dedup();

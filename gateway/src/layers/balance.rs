@@ -1,0 +1,170 @@
+//! Choosing a node for a request. Only nodes that serve the model, are reachable and
+//! whose breaker allows are candidates. Tiers go in priority order: a tier with no
+//! candidate that has a free slot spills to the next. Inside a tier, nodes that have the
+//! model loaded beat nodes that would cold-load it, then power of two choices over the
+//! node's load (time-to-first-token estimate x requests in flight) decides. When every
+//! candidate is at its concurrency limit the request waits, bounded, for a slot.
+//!
+//! tower's `balance::p2c` picks among all ready services; it cannot filter by model or
+//! tier per request, so the filtered P2C is written here.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use http_body_util::BodyExt;
+use tokio::time::Instant;
+
+use crate::config::RoutingConfig;
+use crate::errors::GatewayError;
+use crate::nodes::{self, Lease, Node, Nodes};
+use crate::request::{GatewayRequest, Routed};
+
+/// Nodes already tried for this request, most recent last (kept by the retry layer).
+#[derive(Debug, Clone, Default)]
+pub struct Tried(pub Vec<Arc<str>>);
+
+#[derive(Clone)]
+pub struct Balance {
+    nodes: Arc<Nodes>,
+    queue_timeout: Duration,
+    queue_depth: usize,
+}
+
+impl Balance {
+    pub fn new(nodes: Arc<Nodes>, routing: &RoutingConfig) -> Self {
+        Self {
+            nodes,
+            queue_timeout: routing.queue_timeout,
+            queue_depth: routing.queue_depth,
+        }
+    }
+
+    /// Claim the best node for `model`, avoiding nodes already tried while others remain
+    /// (never the same node twice in a row unless it is the only one).
+    pub async fn lease(&self, model: &str, tried: &[Arc<str>]) -> Result<Lease, GatewayError> {
+        let index = self.nodes.index();
+        let tiers = index
+            .tiers(model)
+            .ok_or_else(|| GatewayError::ModelNotFound(model.to_owned()))?;
+        let now = Instant::now();
+        if let Some(lease) = lease_now(tiers, model, tried, now) {
+            return Ok(lease);
+        }
+        // Every candidate is busy: queue on the least-queued one of the best tier that has any.
+        for tier in tiers {
+            let queue_on = tier
+                .iter()
+                .filter(|n| n.eligible(now) && n.max_concurrency.is_some())
+                .min_by_key(|n| n.waiting());
+            if let Some(node) = queue_on {
+                return node
+                    .queue_for_lease(self.queue_timeout, self.queue_depth)
+                    .await
+                    .ok_or_else(|| GatewayError::Saturated(model.to_owned()));
+            }
+        }
+        Err(GatewayError::NoNodeAvailable(model.to_owned()))
+    }
+}
+
+/// The best node with a free slot, without waiting: first avoiding every node already
+/// tried, then only the last one tried, then none.
+fn lease_now(
+    tiers: &[Vec<Arc<Node>>],
+    model: &str,
+    tried: &[Arc<str>],
+    now: Instant,
+) -> Option<Lease> {
+    let last = tried.last();
+    let passes: [&dyn Fn(&Node) -> bool; 3] = [
+        &|n| !tried.contains(&n.name),
+        &|n| last != Some(&n.name),
+        &|_| true,
+    ];
+    let passes = if tried.is_empty() {
+        &passes[2..]
+    } else {
+        &passes[..]
+    };
+    passes.iter().find_map(|allowed| {
+        tiers
+            .iter()
+            .find_map(|tier| pick(tier, model, now, allowed))
+    })
+}
+
+/// P2C within one tier, among eligible nodes with a free slot, warm ones first.
+fn pick(
+    tier: &[Arc<Node>],
+    model: &str,
+    now: Instant,
+    allowed: &dyn Fn(&Node) -> bool,
+) -> Option<Lease> {
+    let mut candidates: Vec<&Arc<Node>> = tier
+        .iter()
+        .filter(|n| allowed(n) && n.eligible(now) && n.has_free_slot())
+        .collect();
+    if candidates.iter().any(|n| n.is_warm(model)) {
+        candidates.retain(|n| n.is_warm(model));
+    }
+    while let Some(i) = p2c(&candidates, now) {
+        if let Some(lease) = candidates[i].try_lease(now) {
+            return Some(lease);
+        }
+        // Lost a race for its last slot or its probe: try the others.
+        candidates.swap_remove(i);
+    }
+    None
+}
+
+/// Power of two choices: two distinct random candidates, the less loaded wins.
+fn p2c(candidates: &[&Arc<Node>], now: Instant) -> Option<usize> {
+    match candidates.len() {
+        0 => None,
+        1 => Some(0),
+        n => {
+            let a = fastrand::usize(..n);
+            let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+            Some(if candidates[a].load(now) <= candidates[b].load(now) {
+                a
+            } else {
+                b
+            })
+        }
+    }
+}
+
+impl tower::Service<GatewayRequest> for Balance {
+    type Response = Routed;
+    type Error = GatewayError;
+    type Future = BoxFuture<'static, Result<Routed, GatewayError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: GatewayRequest) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let tried = request
+                .extensions
+                .get::<Tried>()
+                .map(|t| t.0.as_slice())
+                .unwrap_or_default();
+            let lease = this.lease(&request.model, tried).await?;
+            let node = Arc::clone(&lease.node.name);
+            match nodes::send(lease, request.to_node_request()).await {
+                Ok((parts, body)) => Ok(Routed {
+                    node,
+                    response: http::Response::from_parts(parts, body.boxed_unsync()),
+                }),
+                Err(source) => Err(GatewayError::Upstream {
+                    node: node.to_string(),
+                    source,
+                }),
+            }
+        })
+    }
+}

@@ -1,0 +1,387 @@
+//! Rate limits: requests per minute with a burst (governor's GCRA), globally and per key,
+//! and tokens per minute per key, charged from the usage nodes report. Every response
+//! carries OpenAI's `x-ratelimit-*` headers; a refusal is a 429 with `retry-after`.
+//!
+//! governor runs on a tokio clock here, so limits can be tested on a paused clock.
+
+use std::num::NonZeroU32;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::response::{IntoResponse, Response};
+use governor::clock::Clock;
+use governor::middleware::StateInformationMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use http::{HeaderMap, HeaderValue, Request};
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+
+use super::auth::Caller;
+use crate::config::GlobalLimits;
+use crate::errors::{GatewayError, LimitScope};
+
+/// governor's clock, read from tokio's (pausable) time.
+#[derive(Debug, Clone)]
+pub struct TokioClock {
+    start: Instant,
+}
+
+impl Clock for TokioClock {
+    type Instant = Duration;
+
+    fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+}
+
+/// What a limit reports on a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshot {
+    pub limit: u32,
+    pub remaining: u32,
+    /// Until the limit is back to full.
+    pub reset: Duration,
+}
+
+pub struct RequestLimiter {
+    gcra: RateLimiter<NotKeyed, InMemoryState, TokioClock, StateInformationMiddleware>,
+    clock: TokioClock,
+    per_minute: u32,
+}
+
+impl RequestLimiter {
+    /// `per_minute` requests a minute on average; up to `burst` (default: `per_minute`) at once.
+    pub fn per_minute(per_minute: u32, burst: Option<u32>) -> Self {
+        let rate = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
+        let burst = burst.and_then(NonZeroU32::new).unwrap_or(rate);
+        let clock = TokioClock {
+            start: Instant::now(),
+        };
+        let gcra = RateLimiter::direct_with_clock(
+            Quota::per_minute(rate).allow_burst(burst),
+            clock.clone(),
+        )
+        .with_middleware::<StateInformationMiddleware>();
+        Self {
+            gcra,
+            clock,
+            per_minute: rate.get(),
+        }
+    }
+
+    /// Take one request from the limit, or say how long until one is allowed.
+    pub fn check(&self) -> Result<Snapshot, Duration> {
+        match self.gcra.check() {
+            Ok(state) => {
+                let quota = state.quota();
+                let remaining = state.remaining_burst_capacity();
+                let used = quota.burst_size().get().saturating_sub(remaining);
+                Ok(Snapshot {
+                    limit: self.per_minute,
+                    remaining,
+                    reset: quota.replenish_interval() * used,
+                })
+            }
+            Err(not_until) => Err(not_until.wait_time_from(self.clock.now())),
+        }
+    }
+}
+
+/// Tokens per minute. Unlike requests, a request's token count is known only once the
+/// node reports usage, so the budget is charged afterwards and may go into debt; while it
+/// is in debt, requests are refused until it refills. (governor cannot go into debt.)
+pub struct TokenBudget {
+    per_minute: u32,
+    bucket: Mutex<(f64, Instant)>,
+}
+
+impl TokenBudget {
+    pub fn per_minute(per_minute: u32) -> Self {
+        Self {
+            per_minute,
+            bucket: Mutex::new((f64::from(per_minute), Instant::now())),
+        }
+    }
+
+    fn refilled(&self) -> std::sync::MutexGuard<'_, (f64, Instant)> {
+        let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let per_sec = f64::from(self.per_minute) / 60.0;
+        bucket.0 = (bucket.0 + now.duration_since(bucket.1).as_secs_f64() * per_sec)
+            .min(f64::from(self.per_minute));
+        bucket.1 = now;
+        bucket
+    }
+
+    pub fn check(&self) -> Result<Snapshot, Duration> {
+        let balance = self.refilled().0;
+        let per_sec = f64::from(self.per_minute) / 60.0;
+        if balance > 0.0 {
+            let reset = Duration::from_secs_f64((f64::from(self.per_minute) - balance) / per_sec);
+            Ok(Snapshot {
+                limit: self.per_minute,
+                remaining: balance as u32,
+                reset,
+            })
+        } else {
+            // Until the debt is paid and one token is available again.
+            Err(Duration::from_secs_f64((1.0 - balance) / per_sec))
+        }
+    }
+
+    pub fn charge(&self, tokens: u32) {
+        self.refilled().0 -= f64::from(tokens);
+    }
+}
+
+/// OpenAI's duration format for reset headers: `20ms`, `1.5s`, `6m0s`.
+pub fn format_reset(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        let s = format!("{:.3}", d.as_secs_f64());
+        format!("{}s", s.trim_end_matches('0').trim_end_matches('.'))
+    } else {
+        format!("{}m{}s", d.as_secs() / 60, d.as_secs() % 60)
+    }
+}
+
+fn write_headers(headers: &mut HeaderMap, scope: LimitScope, s: Snapshot) {
+    let (limit, remaining, reset) = match scope {
+        LimitScope::Requests => (
+            "x-ratelimit-limit-requests",
+            "x-ratelimit-remaining-requests",
+            "x-ratelimit-reset-requests",
+        ),
+        LimitScope::Tokens => (
+            "x-ratelimit-limit-tokens",
+            "x-ratelimit-remaining-tokens",
+            "x-ratelimit-reset-tokens",
+        ),
+    };
+    headers.insert(limit, HeaderValue::from(s.limit));
+    headers.insert(remaining, HeaderValue::from(s.remaining));
+    if let Ok(v) = HeaderValue::try_from(format_reset(s.reset)) {
+        headers.insert(reset, v);
+    }
+}
+
+#[derive(Clone)]
+pub struct RateLimitLayer {
+    global: Option<std::sync::Arc<RequestLimiter>>,
+}
+
+impl RateLimitLayer {
+    pub fn new(limits: &GlobalLimits) -> Self {
+        let global = limits
+            .requests_per_minute
+            .map(|rpm| std::sync::Arc::new(RequestLimiter::per_minute(rpm, limits.burst)));
+        Self { global }
+    }
+}
+
+impl<S> tower::Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+
+    fn layer(&self, inner: S) -> RateLimit<S> {
+        RateLimit {
+            inner,
+            global: self.global.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RateLimit<S> {
+    inner: S,
+    global: Option<std::sync::Arc<RequestLimiter>>,
+}
+
+impl<S> RateLimit<S> {
+    /// Take from every limit that applies. The headers report the caller's own request
+    /// limit when it has one (the one it can act on), else the global one; a refusal
+    /// reports the limit that refused.
+    fn admit(&self, caller: Option<&Caller>) -> Result<HeaderMap, Box<Response>> {
+        let mut headers = HeaderMap::new();
+        let key = caller.map(|c| &c.0);
+        let key_requests = key.and_then(|k| k.requests.as_ref());
+        let refuse = |scope, limit, retry_after: Duration, mut headers: HeaderMap| {
+            let snapshot = Snapshot {
+                limit,
+                remaining: 0,
+                reset: retry_after,
+            };
+            write_headers(&mut headers, scope, snapshot);
+            let key = key.map(|k| k.name.to_string());
+            let refusal = GatewayError::RateLimited {
+                scope,
+                limit,
+                retry_after,
+                key,
+            };
+            tracing::debug!(error = %refusal, "rate limited");
+            let mut response = refusal.into_response();
+            response.headers_mut().extend(headers);
+            Box::new(response)
+        };
+        if let Some(global) = &self.global {
+            match global.check() {
+                Ok(snapshot) if key_requests.is_none() => {
+                    write_headers(&mut headers, LimitScope::Requests, snapshot)
+                }
+                Ok(_) => {}
+                Err(wait) => {
+                    return Err(refuse(
+                        LimitScope::Requests,
+                        global.per_minute,
+                        wait,
+                        headers,
+                    ));
+                }
+            }
+        }
+        if let Some(limiter) = key_requests {
+            match limiter.check() {
+                Ok(snapshot) => write_headers(&mut headers, LimitScope::Requests, snapshot),
+                Err(wait) => {
+                    return Err(refuse(
+                        LimitScope::Requests,
+                        limiter.per_minute,
+                        wait,
+                        headers,
+                    ));
+                }
+            }
+        }
+        if let Some(budget) = key.and_then(|k| k.tokens.as_ref()) {
+            match budget.check() {
+                Ok(snapshot) => write_headers(&mut headers, LimitScope::Tokens, snapshot),
+                Err(wait) => {
+                    return Err(refuse(LimitScope::Tokens, budget.per_minute, wait, headers));
+                }
+            }
+        }
+        Ok(headers)
+    }
+}
+
+impl<S, B> tower::Service<Request<B>> for RateLimit<S>
+where
+    S: tower::Service<Request<B>, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        if super::is_exempt(request.uri().path()) {
+            return ResponseFuture::Admitted {
+                inner: self.inner.call(request),
+                headers: HeaderMap::new(),
+            };
+        }
+        match self.admit(request.extensions().get::<Caller>()) {
+            Ok(headers) => ResponseFuture::Admitted {
+                inner: self.inner.call(request),
+                headers,
+            },
+            Err(response) => ResponseFuture::Refused {
+                response: Some(*response),
+            },
+        }
+    }
+}
+
+pin_project! {
+    #[project = Projected]
+    pub enum ResponseFuture<F> {
+        Admitted { #[pin] inner: F, headers: HeaderMap },
+        Refused { response: Option<Response> },
+    }
+}
+
+impl<F, E> std::future::Future for ResponseFuture<F>
+where
+    F: std::future::Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            Projected::Admitted { inner, headers } => {
+                let mut response = std::task::ready!(inner.poll(cx))?;
+                response.headers_mut().extend(std::mem::take(headers));
+                Poll::Ready(Ok(response))
+            }
+            Projected::Refused { response } => {
+                Poll::Ready(Ok(response.take().expect("polled after completion")))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn exactly_the_burst_passes_then_one_per_interval() {
+        let limiter = RequestLimiter::per_minute(60, Some(5));
+        let passed = (0..20).filter(|_| limiter.check().is_ok()).count();
+        assert_eq!(passed, 5);
+        let wait = limiter.check().unwrap_err();
+        assert!(
+            wait <= Duration::from_secs(1) && wait > Duration::from_millis(900),
+            "{wait:?}"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(
+            limiter.check().is_ok(),
+            "one more after one replenish interval"
+        );
+        assert!(limiter.check().is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn snapshot_counts_down_and_reports_time_to_full() {
+        let limiter = RequestLimiter::per_minute(60, Some(3));
+        let s = limiter.check().unwrap();
+        assert_eq!(
+            (s.limit, s.remaining, s.reset),
+            (60, 2, Duration::from_secs(1))
+        );
+        let s = limiter.check().unwrap();
+        assert_eq!((s.remaining, s.reset), (1, Duration::from_secs(2)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn token_budget_goes_into_debt_and_refills() {
+        let budget = TokenBudget::per_minute(600); // 10 tokens a second
+        assert_eq!(budget.check().unwrap().remaining, 600);
+        budget.charge(700); // a big answer overdraws it
+        let wait = budget.check().unwrap_err();
+        assert_eq!(
+            wait,
+            Duration::from_secs_f64(10.1),
+            "100 tokens of debt + 1 at 10/s"
+        );
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(budget.check().unwrap().remaining, 10);
+    }
+
+    #[test]
+    fn reset_format_matches_openai() {
+        assert_eq!(format_reset(Duration::from_millis(20)), "20ms");
+        assert_eq!(format_reset(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(format_reset(Duration::from_secs(2)), "2s");
+        assert_eq!(format_reset(Duration::from_secs(360)), "6m0s");
+    }
+}

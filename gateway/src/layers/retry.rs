@@ -1,0 +1,320 @@
+//! Failover: a request that failed on one node before anything reached the client is
+//! sent to another node — on connect/SSH failure, a timeout before the first byte, or a
+//! 502/503/504 answer. Never on a 4xx (the request is bad), never on a 429 meshgate
+//! issued (that never reaches this layer), never after the first byte was relayed.
+//! Extra load is bounded by tower's retry budget, not only by an attempt count. When
+//! meshgate gives up after failing over, it tells SDKs not to retry on top of it.
+
+use std::sync::Arc;
+
+use http::{HeaderValue, StatusCode};
+use tower::retry::Policy;
+use tower::retry::budget::{Budget, TpsBudget};
+
+use super::balance::Tried;
+use crate::config::RetryConfig;
+use crate::errors::{ATTEMPTS_HEADER, GatewayError};
+use crate::request::{GatewayRequest, Routed};
+
+const FAILOVER_STATUSES: [StatusCode; 3] = [
+    StatusCode::BAD_GATEWAY,
+    StatusCode::SERVICE_UNAVAILABLE,
+    StatusCode::GATEWAY_TIMEOUT,
+];
+
+#[derive(Clone)]
+pub struct Failover {
+    budget: Arc<TpsBudget>,
+    max_attempts: u32,
+    /// Attempts made for this request (the policy is cloned per request).
+    attempts: u32,
+}
+
+impl Failover {
+    pub fn new(config: &RetryConfig) -> Self {
+        let budget = TpsBudget::new(
+            std::time::Duration::from_secs(10),
+            config.budget_min_per_second,
+            config.budget_ratio,
+        );
+        Self {
+            budget: Arc::new(budget),
+            max_attempts: config.max_attempts,
+            attempts: 0,
+        }
+    }
+
+    fn finish(&self, result: &mut Result<Routed, GatewayError>, gave_up: bool) {
+        let failed_over = gave_up && self.attempts > 1;
+        match result {
+            Ok(routed) => {
+                let headers = routed.response.headers_mut();
+                headers.insert(ATTEMPTS_HEADER, HeaderValue::from(self.attempts));
+                if failed_over {
+                    headers.insert("x-should-retry", HeaderValue::from_static("false"));
+                }
+            }
+            Err(e) if failed_over => {
+                let last = std::mem::replace(e, GatewayError::Internal(String::new()));
+                *e = GatewayError::GaveUp {
+                    attempts: self.attempts,
+                    last: Box::new(last),
+                };
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+impl Policy<GatewayRequest, Routed, GatewayError> for Failover {
+    type Future = std::future::Ready<()>;
+
+    fn retry(
+        &mut self,
+        request: &mut GatewayRequest,
+        result: &mut Result<Routed, GatewayError>,
+    ) -> Option<Self::Future> {
+        self.attempts += 1;
+        let failed_node: Option<Arc<str>> = match result {
+            Ok(routed) if FAILOVER_STATUSES.contains(&routed.response.status()) => {
+                Some(Arc::clone(&routed.node))
+            }
+            Err(e) if e.class().failover => e.node().map(Arc::from),
+            _ => None,
+        };
+        let Some(node) = failed_node else {
+            self.finish(result, false);
+            return None;
+        };
+        if self.attempts >= self.max_attempts || !self.budget.withdraw() {
+            self.finish(result, true);
+            return None;
+        }
+        tracing::info!(node = %node, attempt = self.attempts, "failing over to another node");
+        request
+            .extensions
+            .get_or_insert_default::<Tried>()
+            .0
+            .push(node);
+        Some(std::future::ready(()))
+    }
+
+    fn clone_request(&mut self, request: &GatewayRequest) -> Option<GatewayRequest> {
+        if self.attempts == 0 {
+            self.budget.deposit();
+        }
+        Some(request.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use bytes::Bytes;
+    use meshgate_transports::{Kind, Phase, TransportError};
+    use tower::{Service, ServiceExt};
+
+    use super::*;
+    use crate::request::{Inbound, Operation};
+
+    /// A stand-in for the balancer: answers from a script, and records which nodes the
+    /// request was told to avoid on each attempt.
+    #[derive(Clone)]
+    struct Script {
+        answers: Arc<Mutex<Vec<Result<StatusCode, Phase>>>>,
+        seen_tried: Arc<Mutex<Vec<Vec<Arc<str>>>>>,
+    }
+
+    impl Script {
+        fn new(answers: Vec<Result<StatusCode, Phase>>) -> Self {
+            Self {
+                answers: Arc::new(Mutex::new(answers)),
+                seen_tried: Arc::default(),
+            }
+        }
+    }
+
+    impl Service<GatewayRequest> for Script {
+        type Response = Routed;
+        type Error = GatewayError;
+        type Future = std::future::Ready<Result<Routed, GatewayError>>;
+
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), GatewayError>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: GatewayRequest) -> Self::Future {
+            let tried = request
+                .extensions
+                .get::<Tried>()
+                .map(|t| t.0.clone())
+                .unwrap_or_default();
+            let mut seen = self.seen_tried.lock().unwrap();
+            seen.push(tried);
+            let node: Arc<str> = format!("n{}", seen.len()).into();
+            let answer = self.answers.lock().unwrap().remove(0);
+            std::future::ready(match answer {
+                Ok(status) => {
+                    let mut response = http::Response::new(meshgate_transports::full_body("{}"));
+                    *response.status_mut() = status;
+                    Ok(Routed { node, response })
+                }
+                Err(phase) => Err(GatewayError::Upstream {
+                    node: node.to_string(),
+                    source: TransportError::new(phase, Kind::Closed, "scripted"),
+                }),
+            })
+        }
+    }
+
+    fn request() -> GatewayRequest {
+        GatewayRequest::new(
+            Operation::ChatCompletions,
+            "m".into(),
+            false,
+            Bytes::new(),
+            Inbound::default(),
+        )
+        .unwrap()
+    }
+
+    fn retry(config: RetryConfig, script: &Script) -> tower::retry::Retry<Failover, Script> {
+        tower::retry::Retry::new(Failover::new(&config), script.clone())
+    }
+
+    #[tokio::test]
+    async fn fails_over_on_503_and_connect_failure_then_succeeds_on_a_third_node() {
+        let script = Script::new(vec![
+            Ok(StatusCode::SERVICE_UNAVAILABLE),
+            Err(Phase::Connect),
+            Ok(StatusCode::OK),
+        ]);
+        let routed = retry(RetryConfig::default(), &script)
+            .oneshot(request())
+            .await
+            .unwrap();
+        assert_eq!(routed.response.status(), StatusCode::OK);
+        assert_eq!(routed.response.headers()[ATTEMPTS_HEADER], "3");
+        assert!(!routed.response.headers().contains_key("x-should-retry"));
+        let tried = script.seen_tried.lock().unwrap().clone();
+        assert_eq!(
+            tried,
+            vec![
+                vec![],
+                vec![Arc::from("n1")],
+                vec![Arc::from("n1"), Arc::from("n2")]
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn never_retries_a_4xx_or_a_failure_after_the_first_byte() {
+        for answer in [
+            Ok(StatusCode::BAD_REQUEST),
+            Ok(StatusCode::TOO_MANY_REQUESTS),
+            Err(Phase::Body),
+        ] {
+            let script = Script::new(vec![answer, Ok(StatusCode::OK)]);
+            let result = retry(RetryConfig::default(), &script)
+                .oneshot(request())
+                .await;
+            assert_eq!(
+                script.seen_tried.lock().unwrap().len(),
+                1,
+                "{answer:?} was retried"
+            );
+            if let Ok(routed) = result {
+                assert_eq!(routed.response.headers()[ATTEMPTS_HEADER], "1");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn giving_up_after_failover_tells_the_sdk_not_to_retry() {
+        let script = Script::new(vec![Err(Phase::Connect), Err(Phase::FirstByte)]);
+        let config = RetryConfig {
+            max_attempts: 2,
+            ..RetryConfig::default()
+        };
+        let error = retry(config, &script)
+            .oneshot(request())
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(error, GatewayError::GaveUp { attempts: 2, .. }),
+            "{error:?}"
+        );
+
+        let script = Script::new(vec![
+            Ok(StatusCode::BAD_GATEWAY),
+            Ok(StatusCode::SERVICE_UNAVAILABLE),
+        ]);
+        let routed = retry(config, &script).oneshot(request()).await.unwrap();
+        assert_eq!(routed.response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(routed.response.headers()["x-should-retry"], "false");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_exhausted_budget_stops_failover() {
+        // No reserve and no ratio: retries are never affordable.
+        let config = RetryConfig {
+            budget_min_per_second: 0,
+            budget_ratio: 0.0,
+            ..RetryConfig::default()
+        };
+        let script = Script::new(vec![Err(Phase::Connect), Ok(StatusCode::OK)]);
+        let error = retry(config, &script)
+            .oneshot(request())
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(error, GatewayError::Upstream { .. }),
+            "a single attempt is not a give-up: {error:?}"
+        );
+        assert_eq!(script.seen_tried.lock().unwrap().len(), 1);
+
+        // With a ratio, deposits from successful first attempts pay for a retry later.
+        let config = RetryConfig {
+            budget_min_per_second: 0,
+            budget_ratio: 0.5,
+            ..RetryConfig::default()
+        };
+        let policy = Failover::new(&config);
+        let mut service = tower::retry::Retry::new(
+            policy,
+            Script::new(
+                vec![Ok(StatusCode::OK); 4]
+                    .into_iter()
+                    .chain([Err(Phase::Connect), Ok(StatusCode::OK)])
+                    .collect(),
+            ),
+        );
+        for _ in 0..4 {
+            service
+                .ready()
+                .await
+                .unwrap()
+                .call(request())
+                .await
+                .unwrap();
+        }
+        let routed = service
+            .ready()
+            .await
+            .unwrap()
+            .call(request())
+            .await
+            .unwrap();
+        assert_eq!(
+            routed.response.headers()[ATTEMPTS_HEADER],
+            "2",
+            "four deposits at 50% buy one retry"
+        );
+    }
+}

@@ -1,0 +1,169 @@
+//! The body of a node's answer as meshgate relays it: it replays the first frame (read
+//! early, to measure time to first token), holds the request's concurrency slot until
+//! the answer ends, cuts a stream that falls silent (idle timeout) or runs too long
+//! (total timeout), and books the outcome on the node's breaker.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use meshgate_transports::{Kind, Phase, TransportError};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Instant, Sleep};
+
+use super::{Node, lock};
+use crate::config::Timeouts;
+
+/// One request's hold on a node: counted in flight, holding its slot, until dropped.
+pub struct InFlight {
+    node: Arc<Node>,
+    _slot: Option<OwnedSemaphorePermit>,
+    /// The breaker let this request through as its half-open probe.
+    probe: bool,
+    settled: bool,
+}
+
+impl InFlight {
+    pub(super) fn new(node: Arc<Node>, slot: Option<OwnedSemaphorePermit>, probe: bool) -> Self {
+        node.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self {
+            node,
+            _slot: slot,
+            probe,
+            settled: false,
+        }
+    }
+
+    /// The request failed on this node: count it against the node.
+    pub(super) fn failed(mut self, error: TransportError) -> TransportError {
+        self.node.record_failure(error.to_string());
+        self.settled = true;
+        error
+    }
+
+    fn settle(&mut self) {
+        self.settled = true;
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.node.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.probe && !self.settled {
+            lock(&self.node.breaker).abandon_probe();
+        }
+    }
+}
+
+pub struct NodeBody {
+    first: Option<Frame<Bytes>>,
+    inner: meshgate_transports::Body,
+    in_flight: Option<InFlight>,
+    /// Fires at the earlier of the idle and total deadlines.
+    timer: Pin<Box<Sleep>>,
+    idle: Duration,
+    total: Duration,
+    total_deadline: Instant,
+}
+
+impl NodeBody {
+    pub(super) fn new(
+        first: Option<Frame<Bytes>>,
+        inner: meshgate_transports::Body,
+        mut in_flight: InFlight,
+    ) -> Self {
+        let Timeouts { idle, total, .. } = in_flight.node.timeouts;
+        let total_deadline = Instant::now() + total;
+        let ended = first.is_none() && inner.is_end_stream();
+        if ended {
+            in_flight.settle();
+        }
+        Self {
+            first,
+            inner,
+            in_flight: (!ended).then_some(in_flight),
+            timer: Box::pin(tokio::time::sleep_until(
+                (Instant::now() + idle).min(total_deadline),
+            )),
+            idle,
+            total,
+            total_deadline,
+        }
+    }
+
+    fn finish(&mut self, failure: Option<&TransportError>) {
+        if let Some(mut in_flight) = self.in_flight.take() {
+            if let Some(e) = failure {
+                in_flight.node.record_failure(e.to_string());
+            }
+            in_flight.settle();
+        }
+    }
+}
+
+impl Body for NodeBody {
+    type Data = Bytes;
+    type Error = TransportError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, TransportError>>> {
+        let this = &mut *self;
+        if let Some(first) = this.first.take() {
+            return Poll::Ready(Some(Ok(first)));
+        }
+        if this.in_flight.is_none() {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let next = (Instant::now() + this.idle).min(this.total_deadline);
+                this.timer.as_mut().reset(next);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.finish(Some(&e));
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                this.finish(None);
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                ready!(this.timer.as_mut().poll(cx));
+                let what = if Instant::now() >= this.total_deadline {
+                    format!(
+                        "answer still running after the total timeout of {:?}",
+                        this.total
+                    )
+                } else {
+                    format!("stream stalled: no data for {:?}", this.idle)
+                };
+                let e = TransportError::new(Phase::Body, Kind::Timeout, what);
+                this.finish(Some(&e));
+                Poll::Ready(Some(Err(e)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && (self.in_flight.is_none() || self.inner.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let mut hint = self.inner.size_hint();
+        if let Some(data) = self.first.as_ref().and_then(Frame::data_ref) {
+            let n = data.len() as u64;
+            hint.set_lower(hint.lower() + n);
+            if let Some(upper) = hint.upper() {
+                hint.set_upper(upper + n);
+            }
+        }
+        hint
+    }
+}
