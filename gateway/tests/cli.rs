@@ -152,3 +152,45 @@ async fn the_demo_streams_a_reply_and_serves_the_mesh() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_key_can_come_from_the_environment() {
+    let node = sim("a", &["llama3.2"]).await;
+    let port = dead_port();
+    let config = TempConfig::new(&format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n[[keys]]\nname = \"env\"\nkey_env = \"MESHGATE_TEST_KEY\"\n\
+         [[nodes]]\nname = \"a\"\nurl = \"{}\"\n",
+        node.url()
+    ));
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config.0)
+        .env("MESHGATE_TEST_KEY", "sk-from-env")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    for _ in 0..500 {
+        if client()
+            .get(format!("{base}/readyz").parse().unwrap())
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let call = |key: &'static str| {
+        let request = http::Request::post(format!("{base}/v1/chat/completions"))
+            .header("authorization", format!("Bearer {key}"))
+            .body(http_body_util::Full::new(bytes::Bytes::from(chat_body(
+                "llama3.2", false,
+            ))))
+            .unwrap();
+        client().request(request)
+    };
+    assert_eq!(call("sk-from-env").await.unwrap().status(), 200);
+    assert_eq!(call("sk-other").await.unwrap().status(), 401);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -48,6 +48,54 @@ pub fn config_for(nodes: &[(&str, String)]) -> Config {
     config
 }
 
+/// A sim with the given time to first token and delay between tokens.
+pub async fn sim_with(name: &str, ttft_ms: u64, token_ms: u64) -> Sim {
+    Sim::start(SimConfig {
+        name: name.into(),
+        models: vec!["llama3.2".into()],
+        tokens: 5,
+        ttft: Duration::from_millis(ttft_ms),
+        token_delay: Duration::from_millis(token_ms),
+        ..SimConfig::default()
+    })
+    .await
+    .expect("sim starts")
+}
+
+/// A config with these (name, sim, priority) nodes.
+pub fn tiered(nodes: &[(&str, &Sim, u32)]) -> Config {
+    let named: Vec<(&str, String)> = nodes.iter().map(|(n, s, _)| (*n, s.url())).collect();
+    let mut config = config_for(&named);
+    for (node, (_, _, priority)) in config.nodes.iter_mut().zip(nodes) {
+        node.priority = *priority;
+    }
+    config
+}
+
+/// Probe nodes once, at start. For tests whose faults (a fixed status, a stall) would
+/// also fail discovery probes and take the node out before requests can exercise it.
+pub fn probe_once(mut config: Config) -> Config {
+    config.discovery.interval = Duration::from_secs(3600);
+    config
+}
+
+/// Which node served a reply.
+pub fn served_by(reply: &Reply) -> &str {
+    reply
+        .headers
+        .get("x-meshgate-node")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+}
+
+pub fn chat_count(sim: &Sim) -> u64 {
+    sim.stats()
+        .by_route
+        .get("/v1/chat/completions")
+        .copied()
+        .unwrap_or(0)
+}
+
 pub async fn sim(name: &str, models: &[&str]) -> Sim {
     Sim::start(SimConfig {
         name: name.into(),
