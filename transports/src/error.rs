@@ -73,7 +73,12 @@ pub struct TransportError {
 
 impl TransportError {
     pub fn new(phase: Phase, kind: Kind, message: impl Into<String>) -> Self {
-        Self { phase, kind, message: message.into(), source: None }
+        Self {
+            phase,
+            kind,
+            message: message.into(),
+            source: None,
+        }
     }
 
     pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
@@ -104,7 +109,13 @@ impl TransportError {
 
 impl fmt::Display for TransportError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} failed ({}): {}", self.phase.as_str(), self.kind.as_str(), self.message)?;
+        write!(
+            f,
+            "{} failed ({}): {}",
+            self.phase.as_str(),
+            self.kind.as_str(),
+            self.message
+        )?;
         if let Some(source) = &self.source {
             write!(f, ": {source}")?;
         }
@@ -122,7 +133,9 @@ impl std::error::Error for TransportError {
 pub fn caused_by_io(err: &(dyn std::error::Error + 'static), kind: std::io::ErrorKind) -> bool {
     let mut cur = Some(err);
     while let Some(e) = cur {
-        if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == kind) {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == kind)
+        {
             return true;
         }
         cur = e.source();
@@ -146,6 +159,9 @@ mod tests {
     fn display_names_phase_kind_and_cause() {
         let e = TransportError::new(Phase::Connect, Kind::Refused, "127.0.0.1:1")
             .with_source(std::io::Error::other("connection refused"));
-        assert_eq!(e.to_string(), "connect failed (refused): 127.0.0.1:1: connection refused");
+        assert_eq!(
+            e.to_string(),
+            "connect failed (refused): 127.0.0.1:1: connection refused"
+        );
     }
 }

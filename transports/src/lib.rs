@@ -29,10 +29,14 @@ pub type BoxTransport = tower::util::BoxCloneSyncService<Request, Response, Tran
 
 /// A body with nothing in it, for transports' own synthetic responses.
 pub fn empty_body() -> Body {
-    http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync()
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// A complete body from bytes.
 pub fn full_body(bytes: impl Into<Bytes>) -> Body {
-    http_body_util::Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+    http_body_util::Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }

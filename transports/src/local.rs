@@ -38,13 +38,27 @@ pub struct LocalTransport {
 impl LocalTransport {
     pub fn new(config: LocalConfig) -> Result<Self, TransportError> {
         let bad = |why: &str| {
-            TransportError::new(Phase::Connect, Kind::Config, format!("url {}: {why}", config.url))
+            TransportError::new(
+                Phase::Connect,
+                Kind::Config,
+                format!("url {}: {why}", config.url),
+            )
         };
-        let scheme = config.url.scheme().cloned().ok_or_else(|| bad("no scheme"))?;
+        let scheme = config
+            .url
+            .scheme()
+            .cloned()
+            .ok_or_else(|| bad("no scheme"))?;
         if scheme != Scheme::HTTP {
-            return Err(bad("only http:// is supported (reach remote nodes over SSH instead)"));
+            return Err(bad(
+                "only http:// is supported (reach remote nodes over SSH instead)",
+            ));
         }
-        let authority = config.url.authority().cloned().ok_or_else(|| bad("no host"))?;
+        let authority = config
+            .url
+            .authority()
+            .cloned()
+            .ok_or_else(|| bad("no host"))?;
         let prefix = config.url.path().trim_end_matches('/').to_owned();
         let authorization = match &config.api_key {
             Some(key) => {
@@ -62,7 +76,13 @@ impl LocalTransport {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector);
-        Ok(Self { client, scheme, authority, prefix, authorization })
+        Ok(Self {
+            client,
+            scheme,
+            authority,
+            prefix,
+            authorization,
+        })
     }
 
     fn target(&self, path: Option<&PathAndQuery>) -> Result<Uri, TransportError> {
@@ -72,7 +92,9 @@ impl LocalTransport {
             .authority(self.authority.clone())
             .path_and_query(format!("{}{path}", self.prefix))
             .build()
-            .map_err(|e| TransportError::new(Phase::Send, Kind::Config, "bad request path").with_source(e))
+            .map_err(|e| {
+                TransportError::new(Phase::Send, Kind::Config, "bad request path").with_source(e)
+            })
     }
 }
 
@@ -93,14 +115,19 @@ impl tower::Service<Request> for LocalTransport {
         };
         parts.uri = uri;
         if let Some(auth) = &self.authorization {
-            parts.headers.insert(http::header::AUTHORIZATION, auth.clone());
+            parts
+                .headers
+                .insert(http::header::AUTHORIZATION, auth.clone());
         }
-        let fut = self.client.request(http::Request::from_parts(parts, Full::new(body)));
+        let fut = self
+            .client
+            .request(http::Request::from_parts(parts, Full::new(body)));
         Box::pin(async move {
             let response = fut.await.map_err(request_error)?;
             Ok(response.map(|body| {
                 body.map_err(|e| {
-                    TransportError::new(Phase::Body, Kind::Closed, "response cut short").with_source(e)
+                    TransportError::new(Phase::Body, Kind::Closed, "response cut short")
+                        .with_source(e)
                 })
                 .boxed_unsync()
             }))
@@ -117,9 +144,15 @@ fn request_error(e: hyper_util::client::legacy::Error) -> TransportError {
         } else {
             Kind::Refused
         };
-        return TransportError::new(Phase::Connect, kind, "cannot reach the model server").with_source(e);
+        return TransportError::new(Phase::Connect, kind, "cannot reach the model server")
+            .with_source(e);
     }
-    TransportError::new(Phase::FirstByte, Kind::Closed, "no response from the model server").with_source(e)
+    TransportError::new(
+        Phase::FirstByte,
+        Kind::Closed,
+        "no response from the model server",
+    )
+    .with_source(e)
 }
 
 #[cfg(test)]
@@ -153,16 +186,25 @@ mod tests {
     #[test]
     fn keeps_path_prefix() {
         let t = transport("http://127.0.0.1:9/llm/");
-        let uri = t.target(Some(&PathAndQuery::from_static("/v1/models?x=1"))).unwrap();
+        let uri = t
+            .target(Some(&PathAndQuery::from_static("/v1/models?x=1")))
+            .unwrap();
         assert_eq!(uri.to_string(), "http://127.0.0.1:9/llm/v1/models?x=1");
     }
 
     #[tokio::test]
     async fn refused_connection_is_a_connect_failure() {
         // Bind then drop a listener: nothing listens on that port afterwards.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let req = http::Request::get("/v1/models").body(Bytes::new()).unwrap();
-        let err = transport(&format!("http://127.0.0.1:{port}")).oneshot(req).await.unwrap_err();
+        let err = transport(&format!("http://127.0.0.1:{port}"))
+            .oneshot(req)
+            .await
+            .unwrap_err();
         assert_eq!((err.phase(), err.kind()), (Phase::Connect, Kind::Refused));
         assert!(err.is_retryable());
     }
