@@ -18,6 +18,8 @@ pub struct Config {
     pub discovery: DiscoveryConfig,
     pub timeouts: Timeouts,
     pub nodes: Vec<NodeConfig>,
+    pub grpc: GrpcConfig,
+    pub ollama: OllamaConfig,
 }
 
 impl Default for Config {
@@ -27,14 +29,32 @@ impl Default for Config {
             discovery: DiscoveryConfig::default(),
             timeouts: Timeouts::default(),
             nodes: vec![NodeConfig::local("local", "http://127.0.0.1:11434")],
+            grpc: GrpcConfig::default(),
+            ollama: OllamaConfig::default(),
         }
     }
+}
+
+/// The gRPC front is always served (h2c) on `[server] listen`; this adds an address
+/// that serves only gRPC.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcConfig {
+    pub listen: Option<SocketAddr>,
+}
+
+/// The Ollama surface is always served on `[server] listen`; this adds an address
+/// that serves only it, e.g. 127.0.0.1:11434 as a drop-in for a local Ollama.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OllamaConfig {
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// REST (and later gRPC and the Ollama surface) listen here.
+    /// REST, gRPC (h2c) and the Ollama surface listen here.
     pub listen: SocketAddr,
     /// Largest request body accepted; larger gets 413.
     pub max_request_bytes: usize,
@@ -224,6 +244,20 @@ impl Config {
                 "must be greater than 0",
             ));
         }
+        let mut addresses = vec![("server.listen", self.server.listen)];
+        addresses.extend(self.grpc.listen.map(|a| ("grpc.listen", a)));
+        addresses.extend(self.ollama.listen.map(|a| ("ollama.listen", a)));
+        for (i, (key, addr)) in addresses.iter().enumerate() {
+            if let Some((other, _)) = addresses[..i]
+                .iter()
+                .find(|(_, a)| a == addr && a.port() != 0)
+            {
+                return Err(invalid(
+                    (*key).into(),
+                    &format!("{addr} is already {other}; each listener needs its own address"),
+                ));
+            }
+        }
         let mut names = HashSet::new();
         for (i, node) in self.nodes.iter().enumerate() {
             let key = |field: &str| format!("nodes[{i}].{field}");
@@ -311,6 +345,18 @@ mod tests {
     }
 
     #[test]
+    fn extra_listeners_are_optional() {
+        let c = Config::default();
+        assert!(c.grpc.listen.is_none() && c.ollama.listen.is_none());
+        let c = Config::parse(
+            "[grpc]\nlisten = \"127.0.0.1:50051\"\n[ollama]\nlisten = \"127.0.0.1:11434\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.grpc.listen.unwrap().port(), 50051);
+        assert_eq!(c.ollama.listen.unwrap().port(), 11434);
+    }
+
+    #[test]
     fn durations_are_human() {
         let c = Config::parse("[discovery]\ninterval = \"250ms\"\n").unwrap();
         assert_eq!(c.discovery.interval, Duration::from_millis(250));
@@ -343,6 +389,8 @@ mod tests {
                 "nodes[0].ssh",
             ),
             ("nodes = []\n", "nodes"),
+            ("[ollama]\nlisten = \"127.0.0.1:8080\"\n", "ollama.listen"),
+            ("[grpc]\nlistn = \"127.0.0.1:1\"\n", "listn"),
         ];
         for (text, key) in cases {
             let err = Config::parse(text).unwrap_err().to_string();

@@ -8,8 +8,10 @@ pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod errors;
+pub mod grpc;
 pub mod http;
 pub mod nodes;
+pub mod ollama;
 pub mod request;
 pub mod routing;
 pub mod telemetry;

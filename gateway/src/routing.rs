@@ -68,7 +68,8 @@ impl tower::Service<GatewayRequest> for RoundRobin {
         let timeout = self.first_byte_timeout;
         Box::pin(async move {
             let node = picked?;
-            let call = node.transport.clone().oneshot(req.to_node_request());
+            let (request, dialect) = req.to_node_request(node.speaks_ollama());
+            let call = node.transport.clone().oneshot(request);
             let result = match tokio::time::timeout(timeout, call).await {
                 Ok(result) => result,
                 Err(_) => Err(TransportError::new(
@@ -80,6 +81,7 @@ impl tower::Service<GatewayRequest> for RoundRobin {
             match result {
                 Ok(response) => Ok(Routed {
                     node: Arc::clone(&node.name),
+                    dialect,
                     response,
                 }),
                 Err(source) => {

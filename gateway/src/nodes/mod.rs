@@ -31,6 +31,8 @@ pub struct NodeState {
     pub models: Arc<[String]>,
     pub last_probe: Option<Instant>,
     pub rtt: Option<Duration>,
+    /// Speaks Ollama's native API: Ollama requests go to it untranslated.
+    pub speaks_ollama: bool,
 }
 
 pub struct Node {
@@ -88,6 +90,7 @@ impl Node {
                 models: static_models.clone().unwrap_or_else(|| Arc::new([])),
                 last_probe: None,
                 rtt: None,
+                speaks_ollama: false,
             }),
             static_models,
         })
@@ -102,6 +105,13 @@ impl Node {
             self.state.read().unwrap_or_else(|e| e.into_inner()).health,
             Health::Online
         )
+    }
+
+    pub fn speaks_ollama(&self) -> bool {
+        self.state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .speaks_ollama
     }
 
     /// Whether this node is online and serves `model`.
@@ -131,6 +141,7 @@ impl Node {
                 Ok(models) => {
                     s.health = Health::Online;
                     s.rtt = Some(probe.rtt);
+                    s.speaks_ollama = probe.ollama;
                     s.models = self
                         .static_models
                         .clone()
