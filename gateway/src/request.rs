@@ -19,6 +19,8 @@ pub enum Operation {
     OllamaChat,
     /// Ollama's `POST /api/generate`; the body is Ollama's JSON.
     OllamaGenerate,
+    /// Ollama's `POST /api/embed`; the body is Ollama's JSON.
+    OllamaEmbed,
 }
 
 impl Operation {
@@ -30,6 +32,7 @@ impl Operation {
             Operation::Embeddings => "/v1/embeddings",
             Operation::OllamaChat => "/api/chat",
             Operation::OllamaGenerate => "/api/generate",
+            Operation::OllamaEmbed => "/api/embed",
         }
     }
 }
@@ -119,12 +122,14 @@ impl GatewayRequest {
         node_speaks_ollama: bool,
     ) -> (meshgate_transports::Request, Dialect) {
         let (path, body, dialect) = match self.operation {
-            Operation::OllamaChat | Operation::OllamaGenerate if !node_speaks_ollama => {
+            Operation::OllamaChat | Operation::OllamaGenerate | Operation::OllamaEmbed
+                if !node_speaks_ollama =>
+            {
                 let (path, body) =
                     crate::ollama::translate::to_openai(self.operation, &self.model, &self.body);
                 (path, body, Dialect::OpenAi)
             }
-            Operation::OllamaChat | Operation::OllamaGenerate => {
+            Operation::OllamaChat | Operation::OllamaGenerate | Operation::OllamaEmbed => {
                 (self.operation.path(), self.body.clone(), Dialect::Ollama)
             }
             _ => (self.operation.path(), self.body.clone(), Dialect::OpenAi),

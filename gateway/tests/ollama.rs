@@ -94,6 +94,11 @@ async fn generate_streams_and_not() {
     let reply = post(&gw.url("/api/generate"), body.to_string()).await;
     assert_eq!(reply.json()["response"], text_of(&lines, false));
     assert_eq!(a.stats().by_route["/api/generate"], 2);
+
+    let body = json!({"model": "llama3.2", "input": "alpha"});
+    let reply = post(&gw.url("/api/embed"), body.to_string()).await;
+    assert_eq!(reply.json()["embeddings"].as_array().unwrap().len(), 1);
+    assert_eq!(a.stats().by_route["/api/embed"], 1);
 }
 
 #[tokio::test]
@@ -129,9 +134,17 @@ async fn an_openai_only_node_gets_a_translated_request_and_the_client_an_ollama_
     assert_eq!(json["done_reason"], "length");
     assert_eq!(json["eval_count"], 3);
 
+    // Embeddings.
+    let body = json!({"model": "qwen2.5", "input": ["alpha", "beta"]});
+    let json = post(&gw.url("/api/embed"), body.to_string()).await.json();
+    assert_eq!(json["embeddings"].as_array().unwrap().len(), 2, "{json}");
+    assert_eq!(json["embeddings"][0].as_array().unwrap().len(), 8);
+
     // What the node was sent: OpenAI requests.
     let seen = node.inference_requests();
-    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert_eq!(seen[3].0, "/v1/embeddings");
+    assert_eq!(seen[3].1["encoding_format"], "float");
     assert_eq!(seen[0].0, "/v1/chat/completions");
     assert_eq!(seen[0].1["stream"], true);
     assert_eq!(seen[0].1["stream_options"]["include_usage"], true);

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::future::join_all;
 use http::{HeaderValue, StatusCode, header};
-use meshgate_proto::ollama::{ChatRequest, GenerateRequest, ShowRequest};
+use meshgate_proto::ollama::{ChatRequest, EmbedRequest, GenerateRequest, ShowRequest};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use tower::ServiceExt;
@@ -60,6 +60,22 @@ pub async fn generate(
         Operation::OllamaGenerate,
         value.model,
         stream,
+        raw,
+        inbound,
+    )
+    .await
+}
+
+pub async fn embed(
+    State(app): State<AppState>,
+    inbound: Inbound,
+    OllamaJson(Checked { value, raw }): OllamaJson<EmbedRequest>,
+) -> Result<Response, OllamaError> {
+    infer(
+        app,
+        Operation::OllamaEmbed,
+        value.model,
+        false,
         raw,
         inbound,
     )

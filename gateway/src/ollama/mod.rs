@@ -1,5 +1,5 @@
-//! The Ollama-compatible surface (`/api/chat`, `/api/generate`, `/api/tags`,
-//! `/api/show`, `/api/ps`, `/api/version`), so an Ollama client or script pointed at
+//! The Ollama-compatible surface (`/api/chat`, `/api/generate`, `/api/embed`,
+//! `/api/tags`, `/api/show`, `/api/ps`, `/api/version`), so an Ollama client or script pointed at
 //! meshgate gets the best available node. Inference goes through the same routing
 //! service as REST and gRPC; a node that speaks Ollama gets the client's bytes, one
 //! that speaks only OpenAI's API gets them translated (see [`translate`]). Errors are
@@ -28,6 +28,7 @@ pub fn routes(state: AppState) -> Router {
     Router::new()
         .route("/api/chat", post(handlers::chat))
         .route("/api/generate", post(handlers::generate))
+        .route("/api/embed", post(handlers::embed))
         .route("/api/tags", get(handlers::tags))
         .route("/api/ps", get(handlers::ps))
         .route("/api/show", post(handlers::show))

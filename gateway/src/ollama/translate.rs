@@ -16,9 +16,21 @@ pub fn to_openai(operation: Operation, model: &str, body: &Bytes) -> (&'static s
         // Validated at the edge; should a body slip through, let the node reject it.
         return ("/v1/chat/completions", body.clone());
     };
-    let stream = req.get("stream").and_then(Value::as_bool) != Some(false);
     let mut out = Map::new();
     out.insert("model".into(), Value::String(model.to_owned()));
+    if operation == Operation::OllamaEmbed {
+        out.insert(
+            "input".into(),
+            req.get("input").cloned().unwrap_or_default(),
+        );
+        if let Some(dimensions) = req.get("dimensions") {
+            out.insert("dimensions".into(), dimensions.clone());
+        }
+        out.insert("encoding_format".into(), Value::String("float".into()));
+        let body = serde_json::to_vec(&Value::Object(out)).unwrap_or_default();
+        return ("/v1/embeddings", body.into());
+    }
+    let stream = req.get("stream").and_then(Value::as_bool) != Some(false);
     let path = match operation {
         Operation::OllamaGenerate if req.get("raw").and_then(Value::as_bool) == Some(true) => {
             // Raw: no template, exactly what a text completion is.
@@ -125,6 +137,7 @@ fn message(role: &str, content: &str, images: Option<&Value>) -> Value {
 /// Builds Ollama's answer lines from OpenAI's answer or chunks, keeping what the
 /// final `done: true` line reports.
 pub struct Translator {
+    operation: Operation,
     chat: bool,
     model: String,
     started: Instant,
@@ -139,6 +152,7 @@ impl Translator {
     /// `model` is the name the client asked for, echoed back as Ollama does.
     pub fn new(operation: Operation, model: String, started: Instant) -> Self {
         Self {
+            operation,
             chat: operation == Operation::OllamaChat,
             model,
             started,
@@ -210,9 +224,24 @@ impl Translator {
         Value::Object(self.finish(self.line("", None, true)))
     }
 
-    /// A whole OpenAI answer as Ollama's single `done: true` object.
+    /// A whole OpenAI answer as Ollama's single `done: true` object (or, for an
+    /// embedding, Ollama's `/api/embed` answer).
     pub fn whole(&mut self, json: &Value) -> Value {
         self.record(json);
+        if self.operation == Operation::OllamaEmbed {
+            let embeddings: Vec<Value> = json
+                .get("data")
+                .and_then(Value::as_array)
+                .map(|d| d.iter().map(|e| e["embedding"].clone()).collect())
+                .unwrap_or_default();
+            return json!({
+                "model": self.model,
+                "embeddings": embeddings,
+                "total_duration": nanos(self.started.elapsed()).max(1),
+                "load_duration": 0,
+                "prompt_eval_count": self.prompt_tokens,
+            });
+        }
         let choice = json.pointer("/choices/0");
         let content = choice
             .and_then(|c| c.pointer("/message/content").or_else(|| c.get("text")))
@@ -382,6 +411,28 @@ mod tests {
         assert_eq!(out["response"], "yes");
         assert_eq!(out["done"], true);
         assert_eq!(out["eval_count"], 1);
+    }
+
+    #[test]
+    fn embed_becomes_embeddings_and_back() {
+        let (path, body) = translate(
+            Operation::OllamaEmbed,
+            json!({"model": "m", "input": ["a", "b"], "truncate": true}),
+        );
+        assert_eq!(path, "/v1/embeddings");
+        assert_eq!(
+            body,
+            json!({"model": "llama3.2:latest", "input": ["a", "b"], "encoding_format": "float"})
+        );
+        let mut t = Translator::new(Operation::OllamaEmbed, "m".into(), Instant::now());
+        let out = t.whole(&json!({"object": "list", "data": [
+            {"index": 0, "embedding": [0.5]}, {"index": 1, "embedding": [1.0]}],
+            "usage": {"prompt_tokens": 2, "total_tokens": 2}}));
+        assert_eq!(out["embeddings"], json!([[0.5], [1.0]]));
+        assert_eq!(
+            (out["model"].clone(), out["prompt_eval_count"].clone()),
+            (json!("m"), json!(2))
+        );
     }
 
     #[test]

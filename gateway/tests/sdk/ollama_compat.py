@@ -31,6 +31,10 @@ assert gen.eval_count == 3 and gen.done_reason == "length", gen
 stream = list(client.generate(model=model, prompt="why is the sky blue", stream=True))
 assert stream[-1].done and "".join(p.response for p in stream), stream
 
+# Embeddings.
+emb = client.embed(model=model, input=["alpha", "beta"])
+assert len(emb.embeddings) == 2 and len(emb.embeddings[0]) > 0, emb
+
 # List: the union over nodes.
 names = [m.model for m in client.list().models]
 assert model in names, names
