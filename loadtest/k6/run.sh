@@ -5,6 +5,7 @@
 # is taken in JS), throughput, and meshgate's own CPU time per request (from /proc),
 # which does not depend on how costly the load generator's client is.
 #   CARGO_TARGET_DIR=... bash loadtest/k6/run.sh      (after cargo build --release)
+# Env: VUS, DURATION, TOKENS, SIM_ARGS (e.g. "--ttft-ms 5 --token-delay-ms 1"), OUT.
 set -euo pipefail
 cd "$(dirname "$0")"
 BIN="${CARGO_TARGET_DIR:-../../target}/release"
@@ -12,12 +13,15 @@ VUS="${VUS:-8}"
 DURATION="${DURATION:-10s}"
 TOKENS="${TOKENS:-16}"
 OUT="${OUT:-../results}"
+for bin in meshgate meshgate-sim; do
+  [ -x "$BIN/$bin" ] || { echo "no $BIN/$bin: cargo build --release -p meshgate -p meshgate-sim first (CARGO_TARGET_DIR?)" >&2; exit 1; }
+done
 mkdir -p "$OUT"
 work="$(mktemp -d)"
 cleanup() { kill "${gw_pid:-}" "${sim_pid:-}" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-"$BIN/meshgate-sim" --port 0 --models llama3.2 --tokens "$TOKENS" >"$work/sim.out" 2>"$work/sim.err" &
+"$BIN/meshgate-sim" --port 0 --models llama3.2 --tokens "$TOKENS" ${SIM_ARGS:-} >"$work/sim.out" 2>"$work/sim.err" &
 sim_pid=$!
 for _ in $(seq 100); do grep -q "http://" "$work/sim.out" 2>/dev/null && break; sleep 0.1; done
 SIM_URL="$(grep -o 'http://[0-9.:]*' "$work/sim.out" | head -1)"
