@@ -12,6 +12,11 @@
 //!   ─► node: transport, first-byte timeout, idle and total timeouts on the body
 //! relay: SSE event by event (in-band error if cut), or the whole body
 //! ```
+//!
+//! The gRPC front (`grpc`) and the Ollama surface (`ollama`) are routes in the same
+//! router, behind the same layers, adapting onto the same routing service. Each can
+//! also have a listener of its own (`[grpc] listen`, `[ollama] listen`), with the
+//! same layers.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -70,8 +75,20 @@ pub struct AppState {
 /// of the nodes fresh (stopped when the gateway is dropped).
 pub struct Gateway {
     router: Router,
+    /// Only gRPC, for `[grpc] listen`.
+    grpc_router: Router,
+    /// Only the Ollama surface, for `[ollama] listen`.
+    ollama_router: Router,
     nodes: Arc<Nodes>,
     discovery: Vec<JoinHandle<()>>,
+    listen: Addresses,
+}
+
+/// The optional listeners of their own for gRPC and the Ollama surface.
+#[derive(Debug, Clone, Copy, Default)]
+struct Addresses {
+    grpc: Option<std::net::SocketAddr>,
+    ollama: Option<std::net::SocketAddr>,
 }
 
 impl Gateway {
@@ -93,7 +110,9 @@ impl Gateway {
             Stack::Full => RoutingService::new(
                 ServiceBuilder::new()
                     .layer(AuthorizeModel::layer())
-                    .layer(tower::retry::RetryLayer::new(Failover::new(&config.retry)))
+                    .layer(tower::retry::RetryLayer::new(
+                        Failover::new(&config.retry).with_nodes(Arc::clone(&nodes)),
+                    ))
                     .service(balance),
             ),
             Stack::Bare => RoutingService::new(balance),
@@ -104,34 +123,74 @@ impl Gateway {
             limits,
         };
 
-        let router = crate::http::routes(state).layer(
-            ServiceBuilder::new()
-                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-                .layer(PropagateRequestIdLayer::x_request_id())
-                .layer(SetSensitiveRequestHeadersLayer::new([
-                    AUTHORIZATION,
-                    HeaderName::from_static("x-api-key"),
-                ]))
-                .layer(TraceLayer::new_for_http())
-                .layer(CatchPanicLayer::custom(|_| {
-                    let envelope = ErrorEnvelope::new(
-                        "internal error",
-                        "server_error",
-                        Some("internal_error"),
-                    );
-                    json_error(http::StatusCode::INTERNAL_SERVER_ERROR, &envelope)
-                }))
-                .option_layer(full.then(|| auth::layer(keys)))
-                .option_layer(full.then(|| RateLimitLayer::new(&config.limits)))
-                .layer(DefaultBodyLimit::max(limits.max_request_bytes)),
-        );
-        let discovery =
+        let (grpc, grpc_health) = crate::grpc::routes(state.clone());
+        let ollama = crate::ollama::routes(state.clone());
+        let layers = ServiceBuilder::new()
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(SetSensitiveRequestHeadersLayer::new([
+                AUTHORIZATION,
+                HeaderName::from_static("x-api-key"),
+            ]))
+            .layer(TraceLayer::new_for_http())
+            .layer(CatchPanicLayer::custom(|_| {
+                let envelope =
+                    ErrorEnvelope::new("internal error", "server_error", Some("internal_error"));
+                json_error(http::StatusCode::INTERNAL_SERVER_ERROR, &envelope)
+            }))
+            .option_layer(full.then(|| auth::layer(keys)))
+            .option_layer(full.then(|| RateLimitLayer::new(&config.limits)))
+            .layer(DefaultBodyLimit::max(limits.max_request_bytes));
+        let grpc_router = grpc
+            .clone()
+            .fallback(crate::http::openai::unknown_route)
+            .layer(layers.clone());
+        let ollama_router = crate::ollama::standalone(state.clone()).layer(layers.clone());
+        let router = crate::http::routes(state)
+            .merge(grpc)
+            .merge(ollama)
+            .layer(layers);
+        let mut discovery =
             spawn_discovery(&nodes, config.discovery.interval, config.discovery.timeout);
+        discovery.push(grpc_health);
         Ok(Self {
             router,
+            grpc_router,
+            ollama_router,
             nodes,
             discovery,
+            listen: Addresses {
+                grpc: config.grpc.listen,
+                ollama: config.ollama.listen,
+            },
         })
+    }
+
+    /// Only gRPC (what `[grpc] listen` serves), with the same layers.
+    pub fn grpc_router(&self) -> Router {
+        self.grpc_router.clone()
+    }
+
+    /// Only the Ollama surface (what `[ollama] listen` serves), with the same layers.
+    pub fn ollama_router(&self) -> Router {
+        self.ollama_router.clone()
+    }
+
+    /// Bind the configured `[grpc] listen` and `[ollama] listen` addresses, if any.
+    pub async fn bind_extra(&self) -> std::io::Result<Vec<(TcpListener, Router)>> {
+        let mut out = Vec::new();
+        for (addr, router, what) in [
+            (self.listen.grpc, &self.grpc_router, "grpc.listen"),
+            (self.listen.ollama, &self.ollama_router, "ollama.listen"),
+        ] {
+            if let Some(addr) = addr {
+                let listener = TcpListener::bind(addr).await.map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("{what}: cannot listen on {addr}: {e}"))
+                })?;
+                out.push((listener, router.clone()));
+            }
+        }
+        Ok(out)
     }
 
     pub fn nodes(&self) -> &Arc<Nodes> {
@@ -148,13 +207,41 @@ impl Gateway {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let listener = listener.tap_io(|tcp| {
-            // Token streams are many tiny writes: never hold them back for Nagle.
-            let _ = tcp.set_nodelay(true);
+        self.serve_with(listener, Vec::new(), shutdown).await
+    }
+
+    /// Serve the main router on `listener` and each extra router on its listener (see
+    /// [`Gateway::bind_extra`]) until `shutdown` resolves.
+    pub async fn serve_with(
+        self,
+        listener: TcpListener,
+        extra: Vec<(TcpListener, Router)>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop.send(true);
         });
-        axum::serve(listener, self.router.clone())
-            .with_graceful_shutdown(shutdown)
-            .await
+        let mut servers = tokio::task::JoinSet::new();
+        for (listener, router) in std::iter::once((listener, self.router.clone())).chain(extra) {
+            let mut stopped = stopped.clone();
+            let listener = listener.tap_io(|tcp| {
+                // Token streams are many tiny writes: never hold them back for Nagle.
+                let _ = tcp.set_nodelay(true);
+            });
+            servers.spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = stopped.wait_for(|stop| *stop).await;
+                    })
+                    .await
+            });
+        }
+        while let Some(result) = servers.join_next().await {
+            result.map_err(std::io::Error::other)??;
+        }
+        Ok(())
     }
 }
 

@@ -24,6 +24,8 @@ pub struct Config {
     pub limits: GlobalLimits,
     pub nodes: Vec<NodeConfig>,
     pub keys: Vec<KeyConfig>,
+    pub grpc: GrpcConfig,
+    pub ollama: OllamaConfig,
 }
 
 impl Default for Config {
@@ -39,14 +41,32 @@ impl Default for Config {
             limits: GlobalLimits::default(),
             nodes: vec![NodeConfig::local("local", "http://127.0.0.1:11434")],
             keys: Vec::new(),
+            grpc: GrpcConfig::default(),
+            ollama: OllamaConfig::default(),
         }
     }
+}
+
+/// The gRPC front is always served (h2c) on `[server] listen`; this adds an address
+/// that serves only gRPC.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcConfig {
+    pub listen: Option<SocketAddr>,
+}
+
+/// The Ollama surface is always served on `[server] listen`; this adds an address
+/// that serves only it, e.g. 127.0.0.1:11434 as a drop-in for a local Ollama.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OllamaConfig {
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// REST (and later gRPC and the Ollama surface) listen here.
+    /// REST, gRPC (h2c) and the Ollama surface listen here.
     pub listen: SocketAddr,
     /// Largest request body accepted; larger gets 413.
     pub max_request_bytes: usize,
@@ -445,18 +465,31 @@ impl Config {
             &self.ssh.strict_host_key_checking,
         )?;
         self.validate_keys()?;
-        if self.keys.is_empty()
-            && !self.server.listen.ip().is_loopback()
-            && !self.server.allow_unauthenticated
-        {
-            return Err(invalid(
-                "server.listen".into(),
-                &format!(
-                    "{} is reachable from the network but no [[keys]] are configured; add keys, \
-                     or set server.allow_unauthenticated = true if that is really intended",
-                    self.server.listen
-                ),
-            ));
+        let mut addresses = vec![("server.listen", self.server.listen)];
+        addresses.extend(self.grpc.listen.map(|a| ("grpc.listen", a)));
+        addresses.extend(self.ollama.listen.map(|a| ("ollama.listen", a)));
+        for (i, (key, addr)) in addresses.iter().enumerate() {
+            if let Some((other, _)) = addresses[..i]
+                .iter()
+                .find(|(_, a)| a == addr && a.port() != 0)
+            {
+                return Err(invalid(
+                    (*key).into(),
+                    &format!("{addr} is already {other}; each listener needs its own address"),
+                ));
+            }
+            if self.keys.is_empty()
+                && !addr.ip().is_loopback()
+                && !self.server.allow_unauthenticated
+            {
+                return Err(invalid(
+                    (*key).into(),
+                    &format!(
+                        "{addr} is reachable from the network but no [[keys]] are configured; add keys, \
+                         or set server.allow_unauthenticated = true if that is really intended"
+                    ),
+                ));
+            }
         }
         let mut names = HashSet::new();
         for (i, node) in self.nodes.iter().enumerate() {
@@ -650,6 +683,18 @@ mod tests {
     }
 
     #[test]
+    fn extra_listeners_are_optional() {
+        let c = Config::default();
+        assert!(c.grpc.listen.is_none() && c.ollama.listen.is_none());
+        let c = Config::parse(
+            "[grpc]\nlisten = \"127.0.0.1:50051\"\n[ollama]\nlisten = \"127.0.0.1:11434\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.grpc.listen.unwrap().port(), 50051);
+        assert_eq!(c.ollama.listen.unwrap().port(), 11434);
+    }
+
+    #[test]
     fn durations_are_human() {
         let c = Config::parse("[discovery]\ninterval = \"250ms\"\n").unwrap();
         assert_eq!(c.discovery.interval, Duration::from_millis(250));
@@ -698,6 +743,9 @@ mod tests {
                 "[[nodes]]\nname = \"a\"\nurl = \"http://x:1\"\n[nodes.timeouts]\nfirst_byt = \"1s\"\n",
                 "first_byt",
             ),
+            ("[ollama]\nlisten = \"127.0.0.1:8080\"\n", "ollama.listen"),
+            ("[grpc]\nlistn = \"127.0.0.1:1\"\n", "listn"),
+            ("[ollama]\nlisten = \"0.0.0.0:11434\"\n", "ollama.listen"),
         ];
         for (text, key) in cases {
             let err = Config::parse(text).unwrap_err().to_string();

@@ -9,6 +9,7 @@ use std::time::Duration;
 use http::{HeaderValue, StatusCode, header};
 use meshgate_proto::openai::ErrorEnvelope;
 use meshgate_transports::{Kind, Phase, TransportError};
+use tonic_types::{ErrorDetails, StatusExt};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -60,6 +61,14 @@ pub enum GatewayError {
     },
     #[error("internal error: {0}")]
     Internal(String),
+    /// A node answered with a non-2xx status, on a front that re-renders node answers
+    /// (gRPC, Ollama translated) rather than passing them through.
+    #[error("node `{node}` answered {status}: {message}")]
+    NodeStatus {
+        node: String,
+        status: StatusCode,
+        message: String,
+    },
 }
 
 /// What a rate limit counts.
@@ -113,6 +122,27 @@ pub enum GrpcCode {
     Unauthenticated = 16,
 }
 
+impl GrpcCode {
+    pub fn to_tonic(self) -> tonic::Code {
+        tonic::Code::from_i32(self as i32)
+    }
+
+    /// The code for a node's non-2xx HTTP status. A node's 401/403 means meshgate's own
+    /// credentials for the node are wrong, not the caller's: that is a server-side
+    /// problem (INTERNAL), never UNAUTHENTICATED/PERMISSION_DENIED to the client.
+    pub fn for_node_status(status: StatusCode) -> Self {
+        match status.as_u16() {
+            404 => Self::NotFound,
+            408 | 504 => Self::DeadlineExceeded,
+            413 | 429 => Self::ResourceExhausted,
+            401 | 403 => Self::Internal,
+            501 => Self::Unimplemented,
+            400..=499 => Self::InvalidArgument,
+            _ => Self::Unavailable,
+        }
+    }
+}
+
 const fn class(
     status: StatusCode,
     grpc: GrpcCode,
@@ -158,6 +188,7 @@ impl GatewayError {
             Self::Saturated(_) => class(S::SERVICE_UNAVAILABLE, G::Unavailable, SERVER, Some("nodes_saturated"), false),
             Self::GaveUp { last, .. } => Class { failover: false, ..last.class() },
             Self::Internal(_) => class(S::INTERNAL_SERVER_ERROR, G::Internal, SERVER, Some("internal_error"), false),
+            Self::NodeStatus { status, .. } => class(*status, G::for_node_status(*status), if status.is_client_error() { INVALID } else { SERVER }, Some("upstream_error"), false),
         }
     }
 
@@ -199,6 +230,85 @@ impl GatewayError {
     }
 }
 
+impl GatewayError {
+    /// A node's non-2xx answer, with the message from its body: OpenAI's envelope,
+    /// Ollama's `{"error": "..."}`, or the start of whatever text it sent.
+    pub fn from_node_answer(node: &str, status: StatusCode, body: &[u8]) -> Self {
+        let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+        let error = json.as_ref().and_then(|j| j.get("error"));
+        let message = error
+            .and_then(|e| {
+                e.get("message")
+                    .and_then(|m| m.as_str())
+                    .or_else(|| e.as_str())
+            })
+            .map(str::to_owned)
+            .unwrap_or_else(|| {
+                let text = String::from_utf8_lossy(body);
+                text.chars().take(200).collect::<String>().trim().to_owned()
+            });
+        Self::NodeStatus {
+            node: node.to_owned(),
+            status,
+            message,
+        }
+    }
+
+    /// A node answered 2xx with something that is not what the API promises.
+    pub fn bad_node_answer(node: &str, why: impl std::fmt::Display) -> Self {
+        Self::Upstream {
+            node: node.to_owned(),
+            source: TransportError::new(Phase::Body, Kind::Protocol, why.to_string()),
+        }
+    }
+
+    /// This error as a gRPC status: the code from the table, the message, and the
+    /// OpenAI error type/code in a `google.rpc.ErrorInfo` detail (domain `meshgate`,
+    /// reason = the OpenAI code; metadata `type`, `code`, `param`), plus
+    /// `google.rpc.RetryInfo` when the client should wait before retrying.
+    pub fn to_status(&self) -> tonic::Status {
+        let class = self.class();
+        if class.status.is_server_error() {
+            tracing::warn!(error = %self, "request failed");
+        }
+        let mut metadata = std::collections::HashMap::new();
+        metadata.insert("type".to_owned(), class.kind.to_owned());
+        if let Some(code) = class.code {
+            metadata.insert("code".to_owned(), code.to_owned());
+        }
+        if let Some(param) = self.param() {
+            metadata.insert("param".to_owned(), param.to_owned());
+        }
+        let reason = class.code.unwrap_or(class.kind);
+        let mut details = ErrorDetails::with_error_info(reason, "meshgate", metadata);
+        if let Some(delay) = self.retry_after() {
+            details.set_retry_info(Some(delay));
+        }
+        tonic::Status::with_error_details(class.grpc.to_tonic(), self.to_string(), details)
+    }
+
+    /// A trailers-only gRPC error response (HTTP 200, `content-type: application/grpc`,
+    /// `grpc-status`, `grpc-message`, `grpc-status-details-bin`), for HTTP layers that
+    /// reject a gRPC request before it reaches the gRPC front.
+    pub fn grpc_response(&self) -> Response {
+        let mut response = self.to_status().into_http::<axum::body::Body>();
+        if let Some(delay) = self.retry_after() {
+            if let Ok(value) = HeaderValue::try_from(delay.as_secs().max(1).to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        response
+    }
+}
+
+/// Whether a request is gRPC (its error must be a gRPC status, not a JSON body).
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
         if self.class().status.is_server_error() {
@@ -226,6 +336,18 @@ impl GatewayError {
             headers.insert("x-should-retry", HeaderValue::from_static("false"));
             headers.insert(ATTEMPTS_HEADER, HeaderValue::from(*attempts));
         }
+    }
+}
+
+/// An error raised before any front runs (auth, rate limits), in the caller's own
+/// protocol: a gRPC status for gRPC, Ollama's shape on its API, else OpenAI's envelope.
+pub fn respond_in(error: GatewayError, headers: &http::HeaderMap, path: &str) -> Response {
+    if is_grpc(headers) {
+        error.grpc_response()
+    } else if path.starts_with("/api/") {
+        crate::ollama::OllamaError(error).into_response()
+    } else {
+        error.into_response()
     }
 }
 
@@ -308,6 +430,63 @@ mod tests {
         assert_eq!(
             (c.status, c.grpc),
             (StatusCode::GATEWAY_TIMEOUT, GrpcCode::DeadlineExceeded)
+        );
+    }
+
+    #[test]
+    fn grpc_status_carries_the_openai_code_in_error_info() {
+        let status = GatewayError::ModelNotFound("gpt-x".into()).to_status();
+        assert_eq!(status.code(), tonic::Code::NotFound);
+        assert!(status.message().contains("gpt-x"));
+        let details = status.get_error_details();
+        let info = details.error_info().expect("ErrorInfo");
+        assert_eq!(
+            (info.reason.as_str(), info.domain.as_str()),
+            ("model_not_found", "meshgate")
+        );
+        assert_eq!(info.metadata["type"], "invalid_request_error");
+        assert_eq!(info.metadata["param"], "model");
+        assert!(details.retry_info().is_none());
+    }
+
+    #[test]
+    fn grpc_response_is_trailers_only() {
+        let response = GatewayError::NoNodeAvailable("m".into()).grpc_response();
+        assert_eq!(response.status(), StatusCode::OK);
+        let h = response.headers();
+        assert_eq!(h["content-type"], "application/grpc");
+        assert_eq!(h["grpc-status"], "14");
+        assert!(h["grpc-message"].to_str().unwrap().contains("available"));
+        let status = tonic::Status::from_header_map(h).unwrap();
+        assert_eq!(
+            status.get_error_details().error_info().unwrap().reason,
+            "no_node_available"
+        );
+    }
+
+    #[test]
+    fn node_statuses_map_to_grpc_codes() {
+        use GrpcCode as G;
+        for (http, grpc) in [
+            (400, G::InvalidArgument),
+            (404, G::NotFound),
+            (422, G::InvalidArgument),
+            (429, G::ResourceExhausted),
+            (401, G::Internal),
+            (500, G::Unavailable),
+            (503, G::Unavailable),
+            (504, G::DeadlineExceeded),
+        ] {
+            assert_eq!(
+                G::for_node_status(StatusCode::from_u16(http).unwrap()),
+                grpc,
+                "{http}"
+            );
+        }
+        assert_eq!(G::Unauthenticated.to_tonic(), tonic::Code::Unauthenticated);
+        assert_eq!(
+            G::PermissionDenied.to_tonic(),
+            tonic::Code::PermissionDenied
         );
     }
 

@@ -8,9 +8,11 @@ pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod errors;
+pub mod grpc;
 pub mod http;
 pub mod layers;
 pub mod nodes;
+pub mod ollama;
 pub mod request;
 pub mod telemetry;
 

@@ -91,8 +91,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let listener = tokio::net::TcpListener::bind(config.server.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-            tracing::info!(listen = %listener.local_addr()?, nodes = config.nodes.len(), "meshgate serving");
-            gateway.serve(listener, app::shutdown_signal()).await?;
+            let extra = gateway.bind_extra().await?;
+            tracing::info!(listen = %listener.local_addr()?, grpc = ?config.grpc.listen, ollama = ?config.ollama.listen, nodes = config.nodes.len(), "meshgate serving");
+            gateway
+                .serve_with(listener, extra, app::shutdown_signal())
+                .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => {

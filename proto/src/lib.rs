@@ -8,3 +8,5 @@
 
 pub mod ollama;
 pub mod openai;
+pub mod sse;
+pub mod v1;

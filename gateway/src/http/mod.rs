@@ -1,8 +1,8 @@
 //! The OpenAI-compatible REST front: routes, and the adapters from HTTP requests onto
 //! the one internal [`GatewayRequest`](crate::request::GatewayRequest).
 
-mod extract;
-mod openai;
+pub(crate) mod extract;
+pub(crate) mod openai;
 pub mod relay;
 
 use axum::Router;

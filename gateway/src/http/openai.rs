@@ -100,11 +100,16 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-pub async fn unknown_route(method: Method, uri: http::Uri) -> GatewayError {
-    GatewayError::UnknownRoute {
+pub async fn unknown_route(method: Method, uri: http::Uri, headers: http::HeaderMap) -> Response {
+    let error = GatewayError::UnknownRoute {
         method: method.to_string(),
         path: uri.path().to_owned(),
+    };
+    // A gRPC client calling a service meshgate does not have gets UNIMPLEMENTED.
+    if crate::errors::is_grpc(&headers) {
+        return error.grpc_response();
     }
+    error.into_response()
 }
 
 pub async fn method_not_allowed(method: Method, uri: http::Uri) -> GatewayError {

@@ -102,7 +102,7 @@ pub async fn relay(
     max_bytes: usize,
     meter: Meter,
 ) -> Result<Response, GatewayError> {
-    let Routed { node, response } = routed;
+    let Routed { node, response, .. } = routed;
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::CONTENT_LENGTH);
@@ -124,26 +124,36 @@ pub async fn relay(
         return Ok(Response::from_parts(parts, axum::body::Body::new(body)));
     }
 
-    let bytes = Limited::new(body, max_bytes)
-        .collect()
-        .await
-        .map_err(|e| match e.downcast::<TransportError>() {
-            Ok(source) => GatewayError::Upstream {
-                node: node.to_string(),
-                source: *source,
-            },
-            Err(_) => GatewayError::UpstreamTooLarge {
-                node: node.to_string(),
-                limit: max_bytes,
-            },
-        })?;
-    let bytes = bytes.to_bytes();
+    let bytes = read_whole(&node, body, max_bytes).await?;
     if meter.is_active() {
         if let Ok(WithUsage { usage: Some(usage) }) = serde_json::from_slice(&bytes) {
             meter.charge(usage.total_tokens);
         }
     }
     Ok(Response::from_parts(parts, axum::body::Body::from(bytes)))
+}
+
+/// A node's whole (non-streaming) body, at most `max_bytes`; a cut body is an error,
+/// never truncated JSON.
+pub async fn read_whole(
+    node: &str,
+    body: meshgate_transports::Body,
+    max_bytes: usize,
+) -> Result<Bytes, GatewayError> {
+    let collected = Limited::new(body, max_bytes)
+        .collect()
+        .await
+        .map_err(|e| match e.downcast::<TransportError>() {
+            Ok(source) => GatewayError::Upstream {
+                node: node.to_owned(),
+                source: *source,
+            },
+            Err(_) => GatewayError::UpstreamTooLarge {
+                node: node.to_owned(),
+                limit: max_bytes,
+            },
+        })?;
+    Ok(collected.to_bytes())
 }
 
 /// Connection-scoped headers (RFC 9110 §7.6.1) describe the node's hop, not ours.

@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use futures_util::future::{Either, Ready, ready};
 use http::Request;
 use sha2::{Digest, Sha256};
@@ -141,7 +141,11 @@ impl<B> ValidateRequest<B> for Authenticate {
                 None => GatewayError::Unauthorized("incorrect API key provided".into()),
             },
         };
-        Err(error.into_response())
+        Err(crate::errors::respond_in(
+            error,
+            request.headers(),
+            request.uri().path(),
+        ))
     }
 }
 

@@ -155,9 +155,13 @@ impl tower::Service<GatewayRequest> for Balance {
                 .unwrap_or_default();
             let lease = this.lease(&request.model, tried).await?;
             let node = Arc::clone(&lease.node.name);
-            match nodes::send(lease, request.to_node_request()).await {
+            // Rendered per attempt: an Ollama request is translated only for a node that
+            // does not speak Ollama natively.
+            let (node_request, dialect) = request.to_node_request(lease.node.speaks_ollama());
+            match nodes::send(lease, node_request).await {
                 Ok((parts, body)) => Ok(Routed {
                     node,
+                    dialect,
                     response: http::Response::from_parts(parts, body.boxed_unsync()),
                 }),
                 Err(source) => Err(GatewayError::Upstream {

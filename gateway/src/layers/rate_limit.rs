@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use governor::clock::Clock;
 use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
@@ -205,7 +205,8 @@ impl<S> RateLimit<S> {
     /// Take from every limit that applies. The headers report the caller's own request
     /// limit when it has one (the one it can act on), else the global one; a refusal
     /// reports the limit that refused.
-    fn admit(&self, caller: Option<&Caller>) -> Result<HeaderMap, Box<Response>> {
+    fn admit<B>(&self, request: &Request<B>) -> Result<HeaderMap, Box<Response>> {
+        let caller = request.extensions().get::<Caller>();
         let mut headers = HeaderMap::new();
         let key = caller.map(|c| &c.0);
         let key_requests = key.and_then(|k| k.requests.as_ref());
@@ -224,7 +225,8 @@ impl<S> RateLimit<S> {
                 key,
             };
             tracing::debug!(error = %refusal, "rate limited");
-            let mut response = refusal.into_response();
+            let mut response =
+                crate::errors::respond_in(refusal, request.headers(), request.uri().path());
             response.headers_mut().extend(headers);
             Box::new(response)
         };
@@ -288,7 +290,7 @@ where
                 headers: HeaderMap::new(),
             };
         }
-        match self.admit(request.extensions().get::<Caller>()) {
+        match self.admit(&request) {
             Ok(headers) => ResponseFuture::Admitted {
                 inner: self.inner.call(request),
                 headers,

@@ -14,6 +14,7 @@ use tower::retry::budget::{Budget, TpsBudget};
 use super::balance::Tried;
 use crate::config::RetryConfig;
 use crate::errors::{ATTEMPTS_HEADER, GatewayError};
+use crate::nodes::Nodes;
 use crate::request::{GatewayRequest, Routed};
 
 const FAILOVER_STATUSES: [StatusCode; 3] = [
@@ -25,6 +26,9 @@ const FAILOVER_STATUSES: [StatusCode; 3] = [
 #[derive(Clone)]
 pub struct Failover {
     budget: Arc<TpsBudget>,
+    /// Checked before a retry: with no node left to take it (say the breaker just opened
+    /// on the only one), the node's own answer is better than "no node available".
+    nodes: Option<Arc<Nodes>>,
     max_attempts: u32,
     /// Attempts made for this request (the policy is cloned per request).
     attempts: u32,
@@ -39,9 +43,21 @@ impl Failover {
         );
         Self {
             budget: Arc::new(budget),
+            nodes: None,
             max_attempts: config.max_attempts,
             attempts: 0,
         }
+    }
+
+    pub fn with_nodes(mut self, nodes: Arc<Nodes>) -> Self {
+        self.nodes = Some(nodes);
+        self
+    }
+
+    fn another_node_could_serve(&self, model: &str) -> bool {
+        self.nodes
+            .as_ref()
+            .is_none_or(|nodes| nodes.any_eligible(model))
     }
 
     fn finish(&self, result: &mut Result<Routed, GatewayError>, gave_up: bool) {
@@ -86,7 +102,10 @@ impl Policy<GatewayRequest, Routed, GatewayError> for Failover {
             self.finish(result, false);
             return None;
         };
-        if self.attempts >= self.max_attempts || !self.budget.withdraw() {
+        if self.attempts >= self.max_attempts
+            || !self.another_node_could_serve(&request.model)
+            || !self.budget.withdraw()
+        {
             self.finish(result, true);
             return None;
         }
@@ -161,7 +180,11 @@ mod tests {
                 Ok(status) => {
                     let mut response = http::Response::new(meshgate_transports::full_body("{}"));
                     *response.status_mut() = status;
-                    Ok(Routed { node, response })
+                    Ok(Routed {
+                        node,
+                        dialect: crate::request::Dialect::OpenAi,
+                        response,
+                    })
                 }
                 Err(phase) => Err(GatewayError::Upstream {
                     node: node.to_string(),

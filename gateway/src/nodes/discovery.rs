@@ -19,6 +19,8 @@ use super::{Node, Nodes, Reachability};
 pub struct Probe {
     pub result: Result<Found, String>,
     pub rtt: Duration,
+    /// Whether the node speaks Ollama's native API (`GET /api/version` answers 2xx).
+    pub ollama: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -35,9 +37,16 @@ pub async fn probe(node: &Node, timeout: Duration) -> Probe {
         Ok(result) => result,
         Err(_) => Err(format!("no answer to the model list within {timeout:?}")),
     };
+    let rtt = start.elapsed();
+    // Asked only of a node that answered, so a dead node costs one timeout, not two.
+    let ollama = result.is_ok()
+        && tokio::time::timeout(timeout, get(node, "/api/version"))
+            .await
+            .is_ok_and(|r| r.is_ok_and(|(status, _)| status.is_success()));
     Probe {
         result,
-        rtt: start.elapsed(),
+        rtt,
+        ollama,
     }
 }
 

@@ -64,6 +64,8 @@ pub struct NodeState {
     pub loaded: Option<Arc<[String]>>,
     pub last_probe: Option<Instant>,
     pub rtt: Option<Duration>,
+    /// Speaks Ollama's native API: Ollama requests go to it untranslated.
+    pub speaks_ollama: bool,
 }
 
 pub struct Node {
@@ -158,6 +160,7 @@ impl Node {
                 loaded: None,
                 last_probe: None,
                 rtt: None,
+                speaks_ollama: false,
             }),
             static_models,
         })
@@ -169,6 +172,15 @@ impl Node {
 
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Whether discovery found Ollama's native API on the node (then Ollama requests go
+    /// to it untranslated).
+    pub fn speaks_ollama(&self) -> bool {
+        self.state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .speaks_ollama
     }
 
     /// The time-to-first-token estimate now.
@@ -193,6 +205,16 @@ impl Node {
     /// Whether the balancer may pick this node now (ignoring its concurrency limit).
     pub fn eligible(&self, now: Instant) -> bool {
         self.reachable() && lock(&self.breaker).can_try(now)
+    }
+
+    /// Whether the node reports `model` (online or not).
+    pub fn serves(&self, model: &str) -> bool {
+        self.state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .models
+            .iter()
+            .any(|m| m == model)
     }
 
     pub fn has_free_slot(&self) -> bool {
@@ -313,6 +335,7 @@ impl Node {
                 lock(&self.breaker).on_probe_ok(Instant::now());
                 s.reachability = Reachability::Up;
                 s.rtt = Some(probe.rtt);
+                s.speaks_ollama = probe.ollama;
                 s.loaded = found.loaded.clone().map(Into::into);
                 let models: Arc<[String]> = self
                     .static_models
@@ -487,6 +510,19 @@ impl Nodes {
     pub fn reindex(&self) {
         let index = Arc::new(ModelIndex::build(&self.list));
         *self.index.write().unwrap_or_else(|e| e.into_inner()) = index;
+    }
+
+    /// Whether some node could take a request for `model` now (slots aside).
+    pub fn any_eligible(&self, model: &str) -> bool {
+        let now = Instant::now();
+        self.index()
+            .tiers(model)
+            .is_some_and(|tiers| tiers.iter().flatten().any(|n| n.eligible(now)))
+    }
+
+    /// Whether any node (online or not) reports `model`.
+    pub fn known_model(&self, model: &str) -> bool {
+        self.index().tiers(model).is_some()
     }
 
     pub fn any_online(&self) -> bool {

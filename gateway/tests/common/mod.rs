@@ -18,6 +18,9 @@ use serde_json::Value;
 #[allow(unused_imports)]
 pub use meshgate_sim::{Faults, Sim, SimConfig};
 
+pub mod grpc;
+pub mod openai_only;
+
 pub struct TestGateway {
     pub addr: SocketAddr,
     pub nodes: std::sync::Arc<meshgate::nodes::Nodes>,
