@@ -10,8 +10,10 @@ pub mod demo;
 pub mod errors;
 pub mod http;
 pub mod layers;
+pub mod metrics;
 pub mod nodes;
 pub mod request;
+pub mod status;
 pub mod telemetry;
 
 pub use app::Gateway;

@@ -226,6 +226,8 @@ impl<S> RateLimit<S> {
             tracing::debug!(error = %refusal, "rate limited");
             let mut response = refusal.into_response();
             response.headers_mut().extend(headers);
+            // For metrics (telemetry::observe::HttpLayer): which limit refused.
+            response.extensions_mut().insert(scope);
             Box::new(response)
         };
         if let Some(global) = &self.global {
