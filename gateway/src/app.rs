@@ -7,16 +7,20 @@
 //!   (global, per key: requests and tokens) ─► body limit (413)
 //! front: REST handler validates the body and adapts it to one GatewayRequest
 //! routing stack:
-//!   authorize model for the caller ─► retry with failover (budgeted) ─► balance (model,
+//!   observe (request span, metrics) ─► authorize model for the caller ─► retry with failover (budgeted) ─► balance (model,
 //!   tiers, breaker, P2C over TTFT x in-flight, concurrency slots, bounded queue)
 //!   ─► node: transport, first-byte timeout, idle and total timeouts on the body
 //! relay: SSE event by event (in-band error if cut), or the whole body
+//! operator routes: /metrics, /status.json (behind the HTTP layers, or outside auth and
+//!   rate limits with `[telemetry] public`), /status (a page without data, always public)
 //! ```
 //!
 //! The gRPC front (`grpc`) and the Ollama surface (`ollama`) are routes in the same
 //! router, behind the same layers, adapting onto the same routing service. Each can
 //! also have a listener of its own (`[grpc] listen`, `[ollama] listen`), with the
 //! same layers.
+//! Metrics are counted by an HTTP layer right after the request id (every response,
+//! refusals included) and by the observe layer (routed requests, per attempt, per node).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -40,8 +44,11 @@ use crate::layers::auth::{self, AuthorizeModel, Keys};
 use crate::layers::balance::Balance;
 use crate::layers::rate_limit::RateLimitLayer;
 use crate::layers::retry::Failover;
+use crate::metrics::Metrics;
 use crate::nodes::{Nodes, spawn_discovery};
 use crate::request::{GatewayRequest, Routed};
+use crate::status::{self, StatusState};
+use crate::telemetry::observe::{HttpLayer, ObserveLayer};
 
 /// The routing stack as the fronts see it.
 pub type RoutingService = tower::util::BoxCloneSyncService<GatewayRequest, Routed, GatewayError>;
@@ -105,10 +112,12 @@ impl Gateway {
             max_response_bytes: config.server.max_response_bytes,
         };
         let full = stack == Stack::Full;
+        let metrics = Metrics::new(Arc::clone(&nodes));
         let balance = Balance::new(Arc::clone(&nodes), &config.routing);
         let routing = match stack {
             Stack::Full => RoutingService::new(
                 ServiceBuilder::new()
+                    .layer(ObserveLayer::new(Arc::clone(&metrics), Arc::clone(&nodes)))
                     .layer(AuthorizeModel::layer())
                     .layer(tower::retry::RetryLayer::new(
                         Failover::new(&config.retry).with_nodes(Arc::clone(&nodes)),
@@ -128,6 +137,7 @@ impl Gateway {
         let layers = ServiceBuilder::new()
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
             .layer(PropagateRequestIdLayer::x_request_id())
+            .option_layer(full.then(|| HttpLayer::new(Arc::clone(&metrics))))
             .layer(SetSensitiveRequestHeadersLayer::new([
                 AUTHORIZATION,
                 HeaderName::from_static("x-api-key"),
@@ -146,10 +156,21 @@ impl Gateway {
             .fallback(crate::http::openai::unknown_route)
             .layer(layers.clone());
         let ollama_router = crate::ollama::standalone(state.clone()).layer(layers.clone());
-        let router = crate::http::routes(state)
-            .merge(grpc)
-            .merge(ollama)
-            .layer(layers);
+        // Operator data (/metrics, /status.json) sits behind keys and limits unless
+        // [telemetry] public says otherwise; the status page itself holds no data.
+        let operator = status::data_routes(StatusState {
+            nodes: Arc::clone(&nodes),
+            metrics: Arc::clone(&metrics),
+        });
+        let public = config.telemetry.public;
+        let mut router = crate::http::routes(state).merge(grpc).merge(ollama);
+        if !public {
+            router = router.merge(operator.clone());
+        }
+        let mut router = router.layer(layers).merge(status::page_routes());
+        if public {
+            router = router.merge(operator);
+        }
         let mut discovery =
             spawn_discovery(&nodes, config.discovery.interval, config.discovery.timeout);
         discovery.push(grpc_health);

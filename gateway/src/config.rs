@@ -26,6 +26,7 @@ pub struct Config {
     pub keys: Vec<KeyConfig>,
     pub grpc: GrpcConfig,
     pub ollama: OllamaConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 impl Default for Config {
@@ -43,6 +44,35 @@ impl Default for Config {
             keys: Vec::new(),
             grpc: GrpcConfig::default(),
             ollama: OllamaConfig::default(),
+            telemetry: TelemetryConfig::default(),
+        }
+    }
+}
+
+/// Traces, metrics and the status page (`[telemetry]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP (protobuf) collector root, e.g. `http://127.0.0.1:4318`; spans go to
+    /// `<root>/v1/traces`. Unset: no tracing spans are made at all.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` on every span.
+    pub service_name: String,
+    /// Fraction of new traces sampled (0..=1); a sampled parent from `traceparent` is
+    /// always followed.
+    pub sampling_ratio: f64,
+    /// Serve `/metrics` and `/status.json` without an API key (and outside rate limits).
+    /// Off: with `[[keys]]` configured they need a key like any other route.
+    pub public: bool,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: "meshgate".into(),
+            sampling_ratio: 1.0,
+            public: false,
         }
     }
 }
@@ -464,6 +494,24 @@ impl Config {
             "ssh.strict_host_key_checking",
             &self.ssh.strict_host_key_checking,
         )?;
+        if !(0.0..=1.0).contains(&self.telemetry.sampling_ratio) {
+            return Err(invalid(
+                "telemetry.sampling_ratio".into(),
+                "must be between 0 and 1",
+            ));
+        }
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint {
+            if !endpoint.starts_with("http://") && !endpoint.starts_with("https://")
+                || endpoint.parse::<http::Uri>().is_err()
+            {
+                return Err(invalid(
+                    "telemetry.otlp_endpoint".into(),
+                    &format!(
+                        "`{endpoint}` is not an http:// URL (OTLP/HTTP, e.g. http://127.0.0.1:4318)"
+                    ),
+                ));
+            }
+        }
         self.validate_keys()?;
         let mut addresses = vec![("server.listen", self.server.listen)];
         addresses.extend(self.grpc.listen.map(|a| ("grpc.listen", a)));
@@ -739,6 +787,14 @@ mod tests {
             ),
             ("[limits]\nburst = 5\n", "limits.burst"),
             ("[retry]\nmax_attempts = 0\n", "retry.max_attempts"),
+            (
+                "[telemetry]\nsampling_ratio = 2.0\n",
+                "telemetry.sampling_ratio",
+            ),
+            (
+                "[telemetry]\notlp_endpoint = \"localhost:4318\"\n",
+                "telemetry.otlp_endpoint",
+            ),
             (
                 "[[nodes]]\nname = \"a\"\nurl = \"http://x:1\"\n[nodes.timeouts]\nfirst_byt = \"1s\"\n",
                 "first_byt",

@@ -11,9 +11,11 @@ pub mod errors;
 pub mod grpc;
 pub mod http;
 pub mod layers;
+pub mod metrics;
 pub mod nodes;
 pub mod ollama;
 pub mod request;
+pub mod status;
 pub mod telemetry;
 
 pub use app::Gateway;

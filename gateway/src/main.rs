@@ -82,6 +82,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 config.server.listen = listen;
                 config.validate()?;
             }
+            let _telemetry = telemetry::init(&config.telemetry).map_err(anyhow::Error::msg)?;
             let stack = if bare {
                 app::Stack::Bare
             } else {
@@ -140,8 +141,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    telemetry::init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve { .. }) {
+        // `serve` sets up logging and traces once it has read its config.
+        let _ = telemetry::init(&Default::default());
+    }
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {

@@ -19,32 +19,57 @@ use pin_project_lite::pin_project;
 use crate::errors::GatewayError;
 use crate::layers::auth::Caller;
 use crate::request::Routed;
+use crate::telemetry::observe::{Observed, Tokens};
 use meshgate_proto::openai::Usage;
+use std::time::Duration;
+use tokio::time::Instant;
 
 pub const NODE_HEADER: HeaderName = HeaderName::from_static("x-meshgate-node");
 
-/// Where the tokens an answer used are booked: the caller's token budget, if it has one.
-/// Without one, relaying never looks inside the answer.
+/// Where the tokens an answer used are booked: the caller's token budget, if it has one,
+/// and the request's observation (metrics, span), if it is observed. Without either,
+/// relaying never looks inside the answer.
 #[derive(Clone, Default)]
-pub struct Meter(Option<Caller>);
+pub struct Meter {
+    caller: Option<Caller>,
+    observed: Option<Observed>,
+}
 
 impl Meter {
     pub fn for_request(extensions: &http::Extensions) -> Self {
-        Self(
-            extensions
+        Self {
+            caller: extensions
                 .get::<Caller>()
                 .filter(|c| c.0.tokens.is_some())
                 .cloned(),
-        )
+            observed: None,
+        }
     }
 
     fn is_active(&self) -> bool {
-        self.0.is_some()
+        self.caller.is_some() || self.observed.is_some()
     }
 
-    fn charge(&self, tokens: u32) {
-        if let Some(budget) = self.0.as_ref().and_then(|c| c.0.tokens.as_ref()) {
-            budget.charge(tokens);
+    /// Book an answer's tokens: `total` on the caller's budget, input and output on the
+    /// observation.
+    fn charge(&self, total: u32, tokens: Tokens) {
+        if let Some(budget) = self.caller.as_ref().and_then(|c| c.0.tokens.as_ref()) {
+            budget.charge(total);
+        }
+        if let Some(Observed(observation)) = &self.observed {
+            observation.tokens(tokens);
+        }
+    }
+
+    fn ready(&self, body_wait: Duration) {
+        if let Some(Observed(observation)) = &self.observed {
+            observation.ready(body_wait);
+        }
+    }
+
+    fn failed(&self, error: &GatewayError) {
+        if let Some(Observed(observation)) = &self.observed {
+            observation.failed(error);
         }
     }
 }
@@ -58,7 +83,7 @@ struct WithUsage {
 /// content chunk (clients that do not ask for usage must not stream for free).
 #[derive(Default)]
 struct StreamUsage {
-    reported: Option<u32>,
+    reported: Option<Usage>,
     chunks: u32,
 }
 
@@ -70,7 +95,7 @@ impl StreamUsage {
         {
             if contains(event, b"\"usage\":{") {
                 if let Ok(WithUsage { usage: Some(usage) }) = serde_json::from_slice(event) {
-                    self.reported = Some(usage.total_tokens);
+                    self.reported = Some(usage);
                 }
             } else if has_text(event, b"\"content\":\"") || has_text(event, b"\"text\":\"") {
                 self.chunks += 1;
@@ -78,8 +103,24 @@ impl StreamUsage {
         }
     }
 
-    fn total(&self) -> u32 {
-        self.reported.unwrap_or(self.chunks)
+    fn charge(&self, meter: &Meter) {
+        match &self.reported {
+            Some(usage) => meter.charge(usage.total_tokens, tokens(usage)),
+            None => meter.charge(
+                self.chunks,
+                Tokens {
+                    input: 0,
+                    output: self.chunks,
+                },
+            ),
+        }
+    }
+}
+
+fn tokens(usage: &Usage) -> Tokens {
+    Tokens {
+        input: usage.prompt_tokens,
+        output: usage.completion_tokens,
     }
 }
 
@@ -104,6 +145,8 @@ pub async fn relay(
 ) -> Result<Response, GatewayError> {
     let Routed { node, response, .. } = routed;
     let (mut parts, body) = response.into_parts();
+    let mut meter = meter;
+    meter.observed = parts.extensions.remove::<Observed>();
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::CONTENT_LENGTH);
     if let Ok(value) = HeaderValue::try_from(node.as_ref()) {
@@ -120,16 +163,22 @@ pub async fn relay(
         parts
             .headers
             .insert("x-accel-buffering", HeaderValue::from_static("no"));
+        meter.ready(Duration::ZERO);
         let body = SseRelay::new(body, node.to_string(), meter);
         return Ok(Response::from_parts(parts, axum::body::Body::new(body)));
     }
 
-    let bytes = read_whole(&node, body, max_bytes).await?;
+    let reading = Instant::now();
+    let bytes = read_whole(&node, body, max_bytes)
+        .await
+        .inspect_err(|e| meter.failed(e))?;
+    let body_wait = reading.elapsed();
     if meter.is_active() {
         if let Ok(WithUsage { usage: Some(usage) }) = serde_json::from_slice(&bytes) {
-            meter.charge(usage.total_tokens);
+            meter.charge(usage.total_tokens, tokens(&usage));
         }
     }
+    meter.ready(body_wait);
     Ok(Response::from_parts(parts, axum::body::Body::from(bytes)))
 }
 
@@ -254,11 +303,12 @@ where
                 Some(Err(source)) => {
                     *this.done = true;
                     this.partial.clear();
-                    this.meter.charge(this.usage.total());
+                    this.usage.charge(this.meter);
                     let error = GatewayError::Upstream {
                         node: this.node.clone(),
                         source,
                     };
+                    this.meter.failed(&error);
                     tracing::warn!(error = %error, "stream failed after it started");
                     return Poll::Ready(Some(Ok(Frame::data(error_event(&error)))));
                 }
@@ -267,7 +317,7 @@ where
                     let rest = this.partial.split().freeze();
                     if this.meter.is_active() {
                         this.usage.scan(&rest);
-                        this.meter.charge(this.usage.total());
+                        this.usage.charge(this.meter);
                     }
                     return Poll::Ready((!rest.is_empty()).then(|| Ok(Frame::data(rest))));
                 }

@@ -13,12 +13,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use http_body_util::BodyExt;
 use tokio::time::Instant;
 
 use crate::config::RoutingConfig;
 use crate::errors::GatewayError;
-use crate::nodes::{self, Lease, Node, Nodes};
+use crate::nodes::{Lease, Node, Nodes};
 use crate::request::{GatewayRequest, Routed};
 
 /// Nodes already tried for this request, most recent last (kept by the retry layer).
@@ -154,21 +153,8 @@ impl tower::Service<GatewayRequest> for Balance {
                 .map(|t| t.0.as_slice())
                 .unwrap_or_default();
             let lease = this.lease(&request.model, tried).await?;
-            let node = Arc::clone(&lease.node.name);
-            // Rendered per attempt: an Ollama request is translated only for a node that
-            // does not speak Ollama natively.
-            let (node_request, dialect) = request.to_node_request(lease.node.speaks_ollama());
-            match nodes::send(lease, node_request).await {
-                Ok((parts, body)) => Ok(Routed {
-                    node,
-                    dialect,
-                    response: http::Response::from_parts(parts, body.boxed_unsync()),
-                }),
-                Err(source) => Err(GatewayError::Upstream {
-                    node: node.to_string(),
-                    source,
-                }),
-            }
+            // The attempt span, traceparent for the node, and per-node metrics.
+            crate::telemetry::observe::send(&request, lease).await
         })
     }
 }

@@ -22,6 +22,8 @@ pub struct Breaker {
     state: State,
     consecutive_failures: u32,
     last_failure: Option<String>,
+    /// Times the breaker opened, for metrics.
+    opens: u64,
 }
 
 /// What the breaker says to one request.
@@ -40,6 +42,7 @@ impl Breaker {
             state: State::Closed,
             consecutive_failures: 0,
             last_failure: None,
+            opens: 0,
         }
     }
 
@@ -49,6 +52,10 @@ impl Breaker {
 
     pub fn consecutive_failures(&self) -> u32 {
         self.consecutive_failures
+    }
+
+    pub fn opens(&self) -> u64 {
+        self.opens
     }
 
     pub fn last_failure(&self) -> Option<&str> {
@@ -104,6 +111,7 @@ impl Breaker {
                     until: now + backoff,
                     backoff,
                 };
+                self.opens += 1;
             }
             State::HalfOpen { backoff, .. } => {
                 let backoff = (backoff * 2).min(self.config.max_backoff);
@@ -111,6 +119,7 @@ impl Breaker {
                     until: now + backoff,
                     backoff,
                 };
+                self.opens += 1;
             }
             _ => {}
         }

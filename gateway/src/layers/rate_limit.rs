@@ -228,6 +228,8 @@ impl<S> RateLimit<S> {
             let mut response =
                 crate::errors::respond_in(refusal, request.headers(), request.uri().path());
             response.headers_mut().extend(headers);
+            // For metrics (telemetry::observe::HttpLayer): which limit refused.
+            response.extensions_mut().insert(scope);
             Box::new(response)
         };
         if let Some(global) = &self.global {

@@ -309,6 +309,11 @@ impl Node {
         })
     }
 
+    /// Times this node's circuit breaker opened.
+    pub fn breaker_opens(&self) -> u64 {
+        lock(&self.breaker).opens()
+    }
+
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Relaxed)
     }

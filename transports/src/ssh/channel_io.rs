@@ -24,6 +24,8 @@ pub struct ChannelIo {
     eof: bool,
     writer: Pin<Box<dyn AsyncWrite + Send + Sync>>,
     write_half: Option<ChannelWriteHalf<Msg>>,
+    /// Counts the channel as open in the session's stats while it lives.
+    _open: Option<super::stats::ChannelGuard>,
 }
 
 impl ChannelIo {
@@ -37,7 +39,13 @@ impl ChannelIo {
             eof: false,
             writer,
             write_half: Some(write_half),
+            _open: None,
         }
+    }
+
+    pub(crate) fn counted(mut self, stats: &std::sync::Arc<super::stats::SshStats>) -> Self {
+        self._open = Some(super::stats::ChannelGuard::new(stats));
+        self
     }
 }
 

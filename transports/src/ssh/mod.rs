@@ -19,6 +19,7 @@ pub mod exec;
 pub mod forward;
 pub mod known_hosts;
 pub mod session;
+pub mod stats;
 #[cfg(feature = "test-util")]
 pub mod testing;
 

@@ -172,6 +172,7 @@ struct Shared {
     state: watch::Sender<Conn>,
     session_slots: Arc<Semaphore>,
     wake: Notify,
+    stats: Arc<super::stats::SshStats>,
 }
 
 /// One node's SSH connection. Cheap to share (`Arc`); dropping the last `Arc` stops the
@@ -202,12 +203,15 @@ impl Session {
     pub fn new(target: SshTarget, options: SessionOptions) -> Arc<Session> {
         let (state, _) = watch::channel(Conn::Connecting { attempt: 0 });
         let session_slots = Arc::new(Semaphore::new(options.max_sessions.max(1)));
+        let stats = super::stats::register(&target.alias);
+        stats.track_session_slots(&session_slots, options.max_sessions.max(1));
         let shared = Arc::new(Shared {
             target,
             options,
             state,
             session_slots,
             wake: Notify::new(),
+            stats,
         });
         let task = tokio::spawn(run(shared.clone()));
         Arc::new(Session { shared, task })
@@ -315,7 +319,7 @@ impl Session {
         let handle = self.handle().await?;
         let open = handle.channel_open_direct_tcpip(host, port.into(), "127.0.0.1", 0);
         match tokio::time::timeout(self.shared.options.channel_open_timeout, open).await {
-            Ok(Ok(channel)) => Ok(ChannelIo::new(channel)),
+            Ok(Ok(channel)) => Ok(ChannelIo::new(channel).counted(&self.shared.stats)),
             Ok(Err(e)) => Err(open_error(
                 &self.shared.target,
                 &format!("{host}:{port}"),
@@ -722,7 +726,21 @@ async fn run(shared: Arc<Shared>) {
     let mut attempt: u32 = 0;
     loop {
         shared.state.send_replace(Conn::Connecting { attempt });
-        let result = match tokio::time::timeout(timeout, connect(target, options)).await {
+        let reconnect = shared.stats.connects() > 0;
+        let span = tracing::info_span!(
+            "ssh.connect",
+            otel.name = if reconnect { "ssh reconnect" } else { "ssh connect" },
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            server.address = %target.host,
+            server.port = target.port,
+            ssh.host_alias = %target.alias,
+            ssh.attempt = attempt,
+            ssh.reconnect = reconnect,
+        );
+        let connecting = tracing::Instrument::instrument(connect(target, options), span.clone());
+        let result = match tokio::time::timeout(timeout, connecting).await {
             Ok(r) => r,
             Err(_) => Err(SessionError::new(
                 Kind::Timeout,
@@ -732,6 +750,15 @@ async fn run(shared: Arc<Shared>) {
                 ),
             )),
         };
+        match &result {
+            Ok(_) => shared.stats.connected(reconnect),
+            Err(error) => {
+                shared.stats.connect_failed();
+                span.record("otel.status_code", "ERROR");
+                span.record("error.type", error.kind.as_str());
+            }
+        }
+        drop(span);
         match result {
             Ok(connected) => {
                 let since = Instant::now();

@@ -1,0 +1,424 @@
+//! Prometheus metrics, served on `/metrics` in the text exposition format.
+//!
+//! `prometheus-client` (the Prometheus project's Rust client): typed metric families,
+//! atomics for counters, a handful of small dependencies and no global registry — each
+//! gateway owns its registry, so tests can run several gateways in one process.
+//!
+//! Two kinds of numbers:
+//! - per request, recorded once when a request ends (see [`crate::telemetry::observe`]):
+//!   counters and histograms whose label values are `&'static str`s or interned
+//!   `Arc<str>`s (node and model names), so recording allocates no label strings;
+//! - per node and per SSH connection (in flight, latency estimate, state, breaker opens,
+//!   SSH connects): read from the live node state at scrape time, costing nothing on the
+//!   request path.
+//!
+//! meshgate's own overhead (`meshgate_overhead_seconds`) is the time a request spends in
+//! meshgate, not waiting on a node: from arrival (before auth) until the response is
+//! ready to send (for a stream: until its head is; for a whole answer: once read), minus
+//! the time waiting on nodes — for every attempt, from handing the request to the
+//! transport (connect included) until the first body byte; plus, for a whole answer,
+//! reading the rest of its body. Waiting in a node's queue for a concurrency slot counts
+//! as meshgate's time.
+
+use std::collections::{HashSet, VecDeque};
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::errors::LimitScope;
+use crate::nodes::Nodes;
+
+/// A label value shared with the node or model it names (cloning it does not allocate).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Name(pub Arc<str>);
+
+impl EncodeLabelValue for Name {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub route: &'static str,
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub operation: &'static str,
+    pub model: Name,
+    /// The node that answered last (empty when none did).
+    pub node: Name,
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub operation: &'static str,
+    pub model: Name,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub model: Name,
+    /// `input` or `output` (gen_ai.token.type).
+    pub r#type: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct NodeLabels {
+    pub node: Name,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct AttemptLabels {
+    pub node: Name,
+    /// `ok`, `http_4xx`, `http_5xx`, or the transport failure's phase (`connect`,
+    /// `first_byte`, ...).
+    pub outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ScopeLabels {
+    pub scope: &'static str,
+}
+
+/// Recent failures per node, for the status page.
+const RECENT_ERRORS: usize = 8;
+/// Distinct model label values kept; beyond that, `other` (clients choose model names).
+const MAX_MODELS: usize = 256;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RecentError {
+    /// Unix time in milliseconds.
+    pub at_ms: u64,
+    pub error: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub requests: Family<RequestLabels, Counter>,
+    pub duration: Family<OperationLabels, Histogram>,
+    pub ttft: Family<NodeLabels, Histogram>,
+    pub overhead: Histogram,
+    pub tokens: Family<TokenLabels, Counter>,
+    pub attempts: Family<AttemptLabels, Counter>,
+    pub failovers: Counter,
+    pub gave_up: Counter,
+    pub rate_limited: Family<ScopeLabels, Counter>,
+    models: RwLock<HashSet<Arc<str>>>,
+    recent: Vec<(Arc<str>, Mutex<VecDeque<RecentError>>)>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    // 1 ms .. ~65 s
+    exponential_buckets(0.001, 2.0, 17)
+}
+
+impl Metrics {
+    pub fn new(nodes: Arc<Nodes>) -> Arc<Self> {
+        let mut registry = Registry::with_prefix("meshgate");
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and status, meshgate's own refusals (401, 413, 429) included",
+            http_requests.clone(),
+        );
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Routed requests by operation, model, the node that answered, and status",
+            requests.clone(),
+        );
+        let duration = Family::<OperationLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(latency_buckets())) as fn() -> Histogram,
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Routed request latency, arrival to the end of the answer (stream included)",
+            duration.clone(),
+        );
+        let ttft = Family::<NodeLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(latency_buckets())) as fn() -> Histogram,
+        );
+        registry.register(
+            "time_to_first_token_seconds",
+            "Per node: request sent to the first byte of the answer's body",
+            ttft.clone(),
+        );
+        // 10 us .. ~1.3 s
+        let overhead = Histogram::new(exponential_buckets(0.000_01, 2.0, 18));
+        registry.register(
+            "overhead_seconds",
+            "Time a request spends in meshgate itself, excluding time waiting on nodes",
+            overhead.clone(),
+        );
+        let tokens = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "tokens",
+            "Tokens by model and type (input, output), as nodes report usage; a stream \
+             without a usage report counts one output token per content chunk",
+            tokens.clone(),
+        );
+        let attempts = Family::<AttemptLabels, Counter>::default();
+        registry.register(
+            "node_attempts",
+            "Attempts on each node by outcome",
+            attempts.clone(),
+        );
+        let failovers = Counter::default();
+        registry.register(
+            "failovers",
+            "Requests sent to another node after an attempt failed (one per extra attempt)",
+            failovers.clone(),
+        );
+        let gave_up = Counter::default();
+        registry.register(
+            "failover_gave_up",
+            "Requests that failed after failing over (every attempt failed, or the retry budget ran out)",
+            gave_up.clone(),
+        );
+        let rate_limited = Family::<ScopeLabels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused by a rate limit, by scope (requests, tokens)",
+            rate_limited.clone(),
+        );
+        let recent = nodes
+            .list
+            .iter()
+            .map(|n| (Arc::clone(&n.name), Mutex::new(VecDeque::new())))
+            .collect();
+        registry.register_collector(Box::new(NodeCollector(nodes)));
+        registry.register_collector(Box::new(SshCollector));
+        Arc::new(Self {
+            registry,
+            http_requests,
+            requests,
+            duration,
+            ttft,
+            overhead,
+            tokens,
+            attempts,
+            failovers,
+            gave_up,
+            rate_limited,
+            models: RwLock::default(),
+            recent,
+        })
+    }
+
+    /// The label value for a model: shared once seen, `other` past [`MAX_MODELS`].
+    pub fn model(&self, model: &str) -> Name {
+        if let Some(name) = self
+            .models
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(model)
+        {
+            return Name(Arc::clone(name));
+        }
+        let mut models = self.models.write().unwrap_or_else(|e| e.into_inner());
+        if models.len() >= MAX_MODELS {
+            return Name(Arc::from("other"));
+        }
+        let name: Arc<str> = Arc::from(model);
+        models.insert(Arc::clone(&name));
+        Name(name)
+    }
+
+    pub fn rate_limited(&self, scope: LimitScope) {
+        self.rate_limited
+            .get_or_create(&ScopeLabels {
+                scope: scope.as_str(),
+            })
+            .inc();
+    }
+
+    /// Remember a failure on a node for the status page.
+    pub fn node_error(&self, node: &str, error: String) {
+        if let Some((_, list)) = self.recent.iter().find(|(n, _)| &**n == node) {
+            let at_ms = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as u64;
+            let mut list = list.lock().unwrap_or_else(|e| e.into_inner());
+            if list.len() == RECENT_ERRORS {
+                list.pop_front();
+            }
+            list.push_back(RecentError { at_ms, error });
+        }
+    }
+
+    /// A node's recent failures, newest first.
+    pub fn recent_errors(&self, node: &str) -> Vec<RecentError> {
+        self.recent
+            .iter()
+            .find(|(n, _)| &**n == node)
+            .map(|(_, list)| {
+                let list = list.lock().unwrap_or_else(|e| e.into_inner());
+                list.iter().rev().cloned().collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The registry in the text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+            let _ = writeln!(out, "# encoding failed");
+        }
+        out
+    }
+}
+
+/// Per-node numbers, read at scrape time.
+struct NodeCollector(Arc<Nodes>);
+
+impl std::fmt::Debug for NodeCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeCollector")
+    }
+}
+
+impl Collector for NodeCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let nodes = &self.0.list;
+        let labels = |n: &crate::nodes::Node| NodeLabels {
+            node: Name(Arc::clone(&n.name)),
+        };
+        {
+            let mut m = encoder.encode_descriptor(
+                "node_in_flight",
+                "Requests on each node now",
+                None,
+                MetricType::Gauge,
+            )?;
+            for n in nodes {
+                let l = labels(n);
+                ConstGauge::new(n.in_flight() as i64).encode(m.encode_family(&l)?)?;
+            }
+        }
+        {
+            let mut m = encoder.encode_descriptor(
+                "node_ttft_estimate_seconds",
+                "Each node's time-to-first-token estimate (Peak-EWMA) the balancer uses",
+                None,
+                MetricType::Gauge,
+            )?;
+            for n in nodes {
+                let l = labels(n);
+                ConstGauge::new(n.ttft_estimate().as_secs_f64()).encode(m.encode_family(&l)?)?;
+            }
+        }
+        {
+            let mut m = encoder.encode_descriptor(
+                "node_state",
+                "1 for each node's current state (online, degraded, offline), 0 for the others",
+                None,
+                MetricType::Gauge,
+            )?;
+            for n in nodes {
+                let now = n.health();
+                for state in ["online", "degraded", "offline"] {
+                    let l = StateLabels {
+                        node: Name(Arc::clone(&n.name)),
+                        state,
+                    };
+                    ConstGauge::new(i64::from(now.as_str() == state))
+                        .encode(m.encode_family(&l)?)?;
+                }
+            }
+        }
+        {
+            let mut m = encoder.encode_descriptor(
+                "node_breaker_opens",
+                "Times each node's circuit breaker opened",
+                None,
+                MetricType::Counter,
+            )?;
+            for n in nodes {
+                let l = labels(n);
+                ConstCounter::new(n.breaker_opens()).encode(m.encode_family(&l)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StateLabels {
+    node: Name,
+    state: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct HostLabels {
+    host: String,
+}
+
+/// SSH connections, from the transports' own counters (by `Host` alias).
+#[derive(Debug)]
+struct SshCollector;
+
+impl Collector for SshCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let sessions = meshgate_transports::ssh::stats::all();
+        type Read = fn(&meshgate_transports::ssh::stats::SshStats) -> u64;
+        let counters: [(&str, &str, Read); 3] = [
+            (
+                "ssh_connects",
+                "SSH connections established, per Host alias",
+                |s| s.connects(),
+            ),
+            (
+                "ssh_reconnects",
+                "SSH connections re-established after one was lost or failed",
+                |s| s.reconnects(),
+            ),
+            (
+                "ssh_connect_failures",
+                "SSH connection attempts that failed",
+                |s| s.connect_failures(),
+            ),
+        ];
+        for (name, help, read) in counters {
+            let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (host, stats) in &sessions {
+                let l = HostLabels { host: host.clone() };
+                ConstCounter::new(read(stats)).encode(m.encode_family(&l)?)?;
+            }
+        }
+        let mut m = encoder.encode_descriptor(
+            "ssh_channels_open",
+            "SSH channels open now, per Host alias",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (host, stats) in &sessions {
+            let l = HostLabels { host: host.clone() };
+            ConstGauge::new(stats.channels_open() as i64).encode(m.encode_family(&l)?)?;
+        }
+        Ok(())
+    }
+}

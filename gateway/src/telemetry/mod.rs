@@ -1,0 +1,130 @@
+//! Logs, traces and metrics. Logs: structured fields, no secrets, no prompt text —
+//! handlers never log bodies, and auth headers are marked sensitive before the trace
+//! layer sees them. Traces: one span per request and one per attempt on a node, exported
+//! over OTLP/HTTP when `[telemetry] otlp_endpoint` is set; when it is not, no span is
+//! even created ([`tracing_on`] is false), so tracing costs nothing. Metrics: see
+//! [`crate::metrics`], fed by the [`observe`] layer and scraped on `/metrics`.
+
+pub mod observe;
+pub mod spans;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing::Level;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::config::TelemetryConfig;
+
+static TRACING: AtomicBool = AtomicBool::new(false);
+
+/// Whether request and attempt spans are made (an OTLP exporter is installed).
+#[inline]
+pub fn tracing_on() -> bool {
+    TRACING.load(Ordering::Relaxed)
+}
+
+/// Keeps the span exporter alive; flushes what is buffered when dropped or on [`flush`].
+///
+/// [`flush`]: Telemetry::flush
+#[must_use = "dropping it stops span export"]
+#[derive(Default)]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Export every finished span now. Blocks: call it off the async workers (e.g. in
+    /// `spawn_blocking`), as the exporter runs on them.
+    pub fn flush(&self) {
+        if let Some(provider) = &self.provider {
+            let _ = provider.force_flush();
+        }
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            TRACING.store(false, Ordering::Relaxed);
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+/// Log to stderr (`RUST_LOG` overrides the default: `info` for meshgate, `warn` else),
+/// and export spans when `config.otlp_endpoint` is set. Must run inside a tokio runtime
+/// when it is (the batch exporter runs on it). Installs the global subscriber once;
+/// later calls only return a no-op guard.
+pub fn init(config: &TelemetryConfig) -> Result<Telemetry, String> {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,meshgate=info"));
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(filter);
+    let provider = match &config.otlp_endpoint {
+        Some(endpoint) => Some(provider(endpoint, config)?),
+        None => None,
+    };
+    let otel = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("meshgate"))
+            .with_tracked_inactivity(false)
+            .with_filter(
+                Targets::new()
+                    .with_target("meshgate", Level::INFO)
+                    .with_target("meshgate_transports", Level::INFO),
+            )
+    });
+    if tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .is_err()
+    {
+        // Someone (a test) installed a subscriber already: ours would not see spans.
+        if let Some(provider) = provider {
+            let _ = provider.shutdown();
+        }
+        return Ok(Telemetry::default());
+    }
+    TRACING.store(provider.is_some(), Ordering::Relaxed);
+    Ok(Telemetry { provider })
+}
+
+fn provider(endpoint: &str, config: &TelemetryConfig) -> Result<SdkTracerProvider, String> {
+    let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
+    let client = opentelemetry_http::hyper::HyperClient::with_default_connector(
+        Duration::from_secs(10),
+        None,
+    );
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_http_client(client)
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(url)
+        .build()
+        .map_err(|e| format!("telemetry.otlp_endpoint: {e}"))?;
+    let processor =
+        opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
+            exporter,
+            opentelemetry_sdk::runtime::Tokio,
+        )
+        .build();
+    let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(config.sampling_ratio)));
+    Ok(SdkTracerProvider::builder()
+        .with_span_processor(processor)
+        .with_sampler(sampler)
+        .with_resource(
+            Resource::builder()
+                .with_service_name(config.service_name.clone())
+                .build(),
+        )
+        .build())
+}

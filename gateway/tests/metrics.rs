@@ -1,0 +1,289 @@
+//! `/metrics`, read with a real Prometheus text parser (`prometheus-parse`): counters
+//! move as requests flow — requests, tokens, failovers, rate-limit refusals — per-node
+//! gauges reflect the nodes, and neither keys nor prompts show up in it.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use http::StatusCode;
+use meshgate::config::KeyConfig;
+use prometheus_parse::{Scrape, Value};
+
+const APP_KEY: &str = "sk-metrics-app-secret-42";
+const OPS_KEY: &str = "sk-metrics-ops-secret-43";
+const PROMPT: &str = "tell nobody about the zebra";
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn key(name: &str, key: &str, rpm: Option<u32>) -> KeyConfig {
+    KeyConfig {
+        name: name.into(),
+        sha256: Some(hex(&meshgate::layers::auth::sha256(key.as_bytes()))),
+        key_env: None,
+        models: None,
+        requests_per_minute: rpm,
+        burst: None,
+        tokens_per_minute: None,
+    }
+}
+
+async fn send_with_key(url: &str, key: &str, body: Option<String>) -> Reply {
+    let builder = match &body {
+        Some(_) => http::Request::post(url).header("content-type", "application/json"),
+        None => http::Request::get(url),
+    };
+    let request = builder
+        .header("authorization", format!("Bearer {key}"))
+        .body(http_body_util::Full::new(Bytes::from(
+            body.unwrap_or_default(),
+        )))
+        .unwrap();
+    let response = client().request(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let body = http_body_util::BodyExt::collect(body)
+        .await
+        .unwrap()
+        .to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+struct Metrics {
+    scrape: Scrape,
+    text: String,
+}
+
+impl Metrics {
+    /// The value of the sample `name` whose labels include all of `labels` (0 if none).
+    fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match &s.value {
+                Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+                Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
+                Value::Summary(_) => f64::NAN,
+            })
+            .sum()
+    }
+}
+
+async fn scrape(gw: &TestGateway) -> Metrics {
+    let reply = send_with_key(&gw.url("/metrics"), OPS_KEY, None).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let text = String::from_utf8(reply.body.to_vec()).unwrap();
+    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("parses");
+    Metrics { scrape, text }
+}
+
+fn chat(prompt: &str) -> String {
+    serde_json::json!({"model": "llama3.2", "messages": [{"role": "user", "content": prompt}]})
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_move_as_requests_fail_over_use_tokens_and_hit_rate_limits() {
+    let sick = sim("sick", &["llama3.2"]).await;
+    let good = sim("good", &["llama3.2"]).await;
+    let mut config = probe_once(tiered(&[("sick", &sick, 1), ("good", &good, 2)]));
+    config.keys = vec![key("app", APP_KEY, Some(3)), key("ops", OPS_KEY, None)];
+    let gw = gateway(config).await;
+
+    // Without a key, the operator data is closed (telemetry.public is off).
+    assert_eq!(
+        get(&gw.url("/metrics")).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        get(&gw.url("/status.json")).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    let before = scrape(&gw).await;
+    assert_eq!(
+        before.get(
+            "meshgate_node_state",
+            &[("node", "good"), ("state", "online")]
+        ),
+        1.0
+    );
+    assert_eq!(before.get("meshgate_requests_total", &[]), 0.0);
+
+    // Two requests fail over from `sick` (503) to `good`.
+    sick.set_faults(Faults {
+        status: Some(503),
+        ..Faults::default()
+    });
+    let mut input = 0;
+    let mut output = 0;
+    for _ in 0..2 {
+        let reply =
+            send_with_key(&gw.url("/v1/chat/completions"), APP_KEY, Some(chat(PROMPT))).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(served_by(&reply), "good");
+        let usage = &reply.json()["usage"];
+        input += usage["prompt_tokens"].as_u64().unwrap();
+        output += usage["completion_tokens"].as_u64().unwrap();
+    }
+    // A streamed one (usage requested): the key's third request this minute, its last.
+    sick.set_faults(Faults::default());
+    let body = serde_json::json!({"model": "llama3.2", "stream": true,
+        "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": PROMPT}]})
+    .to_string();
+    let reply = send_with_key(&gw.url("/v1/chat/completions"), APP_KEY, Some(body)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let text = String::from_utf8(reply.body.to_vec()).unwrap();
+    let usage_event = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .find(|v| v["usage"].is_object())
+        .expect("usage chunk");
+    input += usage_event["usage"]["prompt_tokens"].as_u64().unwrap();
+    output += usage_event["usage"]["completion_tokens"].as_u64().unwrap();
+    let refused = send_with_key(&gw.url("/v1/chat/completions"), APP_KEY, Some(chat(PROMPT))).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+
+    let after = scrape(&gw).await;
+    let m = |name: &str, labels: &[(&str, &str)]| after.get(name, labels);
+    // Two served by `good` after failing over, the stream by `sick` (its fault cleared).
+    let served = |node| {
+        m(
+            "meshgate_requests_total",
+            &[
+                ("operation", "chat"),
+                ("model", "llama3.2"),
+                ("node", node),
+                ("status", "200"),
+            ],
+        )
+    };
+    assert_eq!((served("good"), served("sick")), (2.0, 1.0));
+    assert_eq!(m("meshgate_requests_total", &[("status", "200")]), 3.0);
+    assert_eq!(m("meshgate_failovers_total", &[]), 2.0);
+    assert_eq!(m("meshgate_failover_gave_up_total", &[]), 0.0);
+    assert_eq!(
+        m(
+            "meshgate_node_attempts_total",
+            &[("node", "sick"), ("outcome", "http_5xx")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        m(
+            "meshgate_node_attempts_total",
+            &[("node", "good"), ("outcome", "ok")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        m(
+            "meshgate_node_attempts_total",
+            &[("node", "sick"), ("outcome", "ok")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m(
+            "meshgate_tokens_total",
+            &[("model", "llama3.2"), ("type", "input")]
+        ),
+        input as f64
+    );
+    assert_eq!(
+        m(
+            "meshgate_tokens_total",
+            &[("model", "llama3.2"), ("type", "output")]
+        ),
+        output as f64
+    );
+    assert!(output > 0);
+    assert_eq!(
+        m("meshgate_rate_limited_total", &[("scope", "requests")]),
+        1.0
+    );
+    assert_eq!(
+        m(
+            "meshgate_http_requests_total",
+            &[("route", "/v1/chat/completions"), ("status", "429")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m(
+            "meshgate_http_requests_total",
+            &[("route", "/v1/chat/completions"), ("status", "200")]
+        ),
+        3.0
+    );
+    // Histograms: one observation per request (overhead, latency), per attempt (TTFT).
+    assert_eq!(m("meshgate_overhead_seconds_count", &[]), 3.0);
+    assert_eq!(
+        m(
+            "meshgate_request_duration_seconds_count",
+            &[("operation", "chat"), ("model", "llama3.2")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        m(
+            "meshgate_time_to_first_token_seconds_count",
+            &[("node", "sick")]
+        ),
+        3.0
+    );
+    assert!(m("meshgate_overhead_seconds_sum", &[]) > 0.0);
+    assert_eq!(m("meshgate_node_in_flight", &[("node", "good")]), 0.0);
+    assert!(m("meshgate_node_ttft_estimate_seconds", &[("node", "good")]) > 0.0);
+
+    // Nothing secret in the metrics text.
+    for secret in [APP_KEY, OPS_KEY, "zebra"] {
+        assert!(!after.text.contains(secret), "{secret} in /metrics");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_metrics_need_no_key_and_unknown_models_do_not_make_labels() {
+    let node = sim("a", &["llama3.2"]).await;
+    let mut config = config_for(&[("a", node.url())]);
+    config.keys = vec![key("app", APP_KEY, None)];
+    config.telemetry.public = true;
+    let gw = gateway(config).await;
+
+    for i in 0..3 {
+        let body = serde_json::json!({"model": format!("made-up-{i}"), "messages": []});
+        let reply = send_with_key(
+            &gw.url("/v1/chat/completions"),
+            APP_KEY,
+            Some(body.to_string()),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    }
+    let reply = get(&gw.url("/metrics")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let text = String::from_utf8(reply.body.to_vec()).unwrap();
+    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    assert!(!text.contains("made-up"), "{text}");
+    let unknown: f64 = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "meshgate_requests_total")
+        .filter(|s| s.labels.get("model") == Some("unknown"))
+        .map(|s| match s.value {
+            Value::Counter(v) | Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum();
+    assert_eq!(unknown, 3.0);
+    assert_eq!(get(&gw.url("/status.json")).await.status, StatusCode::OK);
+}

@@ -1,0 +1,114 @@
+//! With default logging, the running `meshgate serve` never writes an API key or prompt
+//! text to its logs — not for a served request, a refused key, a failed-over request, or
+//! a node that is down. (Spans: tests/traces.rs; metrics: tests/metrics.rs.)
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::StatusCode;
+
+const BIN: &str = env!("CARGO_BIN_EXE_meshgate");
+const KEY: &str = "mg-logs-secret-key-5f3a9c";
+const WRONG_KEY: &str = "mg-logs-wrong-key-77d1e0";
+const PROMPT: &str = "my bank password is hunter2";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn chat(url: &str, key: &str, stream: bool) -> StatusCode {
+    let body = serde_json::json!({"model": "llama3.2", "stream": stream,
+        "messages": [{"role": "user", "content": PROMPT}]});
+    let request = http::Request::post(url)
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {key}"))
+        .body(http_body_util::Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let response = client().request(request).await.unwrap();
+    let status = response.status();
+    let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+    status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_key_and_no_prompt_in_the_logs() {
+    let good = sim("good", &["llama3.2"]).await;
+    let sick = sim("sick", &["llama3.2"]).await;
+    let port = free_port();
+    let dead = free_port();
+    let hash = hex::encode(meshgate::layers::auth::sha256(KEY.as_bytes()));
+    let config = std::env::temp_dir().join(format!("meshgate-secrets-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[discovery]\ninterval = \"1h\"\n\
+             [[keys]]\nname = \"logs-app\"\nsha256 = \"{hash}\"\n\
+             [[nodes]]\nname = \"sick\"\nurl = \"{}\"\npriority = 1\n\
+             [[nodes]]\nname = \"good\"\nurl = \"{}\"\npriority = 2\n\
+             [[nodes]]\nname = \"gone\"\nurl = \"http://127.0.0.1:{dead}\"\npriority = 3\n",
+            sick.url(),
+            good.url()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut up = false;
+    for _ in 0..200 {
+        if client()
+            .get(format!("{base}/readyz").parse().unwrap())
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::OK)
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "meshgate did not become ready");
+
+    let url = format!("{base}/v1/chat/completions");
+    sick.set_faults(Faults {
+        status: Some(503),
+        ..Faults::default()
+    });
+    assert_eq!(chat(&url, KEY, false).await, StatusCode::OK);
+    assert_eq!(chat(&url, KEY, true).await, StatusCode::OK);
+    assert_eq!(chat(&url, WRONG_KEY, false).await, StatusCode::UNAUTHORIZED);
+    good.kill();
+    let failed = chat(&url, KEY, false).await;
+    assert!(failed.is_server_error(), "{failed}");
+
+    let _ = child.kill();
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&config);
+    // The logs did record what happened (so the check below is not vacuous).
+    assert!(logs.contains("meshgate serving"), "{logs}");
+    assert!(logs.contains("failing over"), "{logs}");
+    for secret in [KEY, WRONG_KEY, &hash, "hunter2", "bank password"] {
+        assert!(!logs.contains(secret), "{secret} in the logs:\n{logs}");
+    }
+}
