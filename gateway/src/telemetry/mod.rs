@@ -16,7 +16,7 @@ use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tracing::Level;
-use tracing_subscriber::filter::Targets;
+use tracing_subscriber::filter::{Targets, filter_fn};
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::{EnvFilter, Layer};
 
@@ -65,9 +65,14 @@ impl Drop for Telemetry {
 pub fn init(config: &TelemetryConfig) -> Result<Telemetry, String> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,meshgate=info"));
+    // The request and attempt spans are for export: formatting their fields for log
+    // lines too would double their cost, so logs leave them out.
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_filter(filter);
+        .with_filter(filter)
+        .with_filter(filter_fn(|meta| {
+            !(meta.is_span() && spans::EXPORT_ONLY.contains(&meta.target()))
+        }));
     let provider = match &config.otlp_endpoint {
         Some(endpoint) => Some(provider(endpoint, config)?),
         None => None,
@@ -75,7 +80,10 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, String> {
     let otel = provider.as_ref().map(|provider| {
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("meshgate"))
+            // Per-span extras meshgate's attributes do not need, each an allocation.
             .with_tracked_inactivity(false)
+            .with_location(false)
+            .with_threads(false)
             .with_filter(
                 Targets::new()
                     .with_target("meshgate", Level::INFO)

@@ -256,7 +256,7 @@ where
         };
         let observation = Arc::new(Observation {
             metrics: Arc::clone(&self.layer.metrics),
-            span: span.clone(),
+            span,
             arrived,
             operation: request.operation,
             model,
@@ -267,7 +267,7 @@ where
         request
             .extensions
             .insert(Observed(Arc::clone(&observation)));
-        let call = self.inner.call(request).instrument(span);
+        let call = self.inner.call(request);
         Box::pin(async move {
             let mut result = call.await;
             {
@@ -311,7 +311,10 @@ pub async fn send(request: &GatewayRequest, lease: Lease) -> Result<Routed, Gate
     let node = Arc::clone(&lease.node.name);
     let observed = request.extensions.get::<Observed>().map(|o| &o.0);
     let attempt = request.extensions.get::<Tried>().map_or(0, |t| t.0.len()) + 1;
-    let span = spans::attempt(&lease.node, attempt);
+    let span = match observed {
+        Some(observation) => spans::attempt(&observation.span, &lease.node, attempt),
+        None => Span::none(),
+    };
     // Rendered per attempt: an Ollama request is translated only for a node that does
     // not speak Ollama natively.
     let (mut node_request, dialect) = request.to_node_request(lease.node.speaks_ollama());

@@ -15,6 +15,11 @@ use super::tracing_on;
 use crate::nodes::Node;
 use crate::request::Operation;
 
+/// Targets of the spans made only for export (not shown in logs).
+pub const EXPORT_ONLY: [&str; 2] = [REQUEST, ATTEMPT];
+const REQUEST: &str = "meshgate::request";
+const ATTEMPT: &str = "meshgate::attempt";
+
 /// `gen_ai.operation.name` for an operation.
 pub fn operation_name(operation: Operation) -> &'static str {
     match operation {
@@ -38,7 +43,7 @@ pub fn request(
     }
     let op = operation_name(operation);
     let span = tracing::info_span!(
-        target: "meshgate::request",
+        target: REQUEST,
         "request",
         otel.name = %format_args!("{op} {model}"),
         otel.kind = "server",
@@ -64,13 +69,15 @@ pub fn request(
     span
 }
 
-/// The span of one attempt on one node (a child of the request span).
-pub fn attempt(node: &Node, attempt: usize) -> Span {
-    if !tracing_on() {
+/// The span of one attempt on one node, a child of the request span (given explicitly:
+/// the routing future is not instrumented, which saves entering a span on every poll).
+pub fn attempt(parent: &Span, node: &Node, attempt: usize) -> Span {
+    if parent.is_none() {
         return Span::none();
     }
     tracing::info_span!(
-        target: "meshgate::attempt",
+        target: ATTEMPT,
+        parent: parent,
         "attempt",
         otel.name = %format_args!("attempt {}", node.name),
         otel.kind = "client",
@@ -78,7 +85,6 @@ pub fn attempt(node: &Node, attempt: usize) -> Span {
         server.address = %node.target,
         meshgate.node = %node.name,
         meshgate.transport = node.transport_kind.as_str(),
-        meshgate.priority = node.priority,
         meshgate.attempt = attempt,
         meshgate.time_to_first_token_ms = Empty,
         http.response.status_code = Empty,
