@@ -6,6 +6,8 @@ use std::fmt::Write as _;
 use futures_util::future::join_all;
 
 use crate::config::Config;
+use meshgate_transports::ssh::{Diagnosis, diagnose};
+
 use crate::nodes::{Nodes, Probe, probe};
 
 pub struct NodeReport {
@@ -14,30 +16,29 @@ pub struct NodeReport {
     pub target: String,
     pub priority: u32,
     pub probe: Probe,
+    /// SSH nodes: reachable, host key, auth, model server through the transport.
+    pub ssh: Option<Diagnosis>,
 }
 
 /// Probe every node concurrently.
 pub async fn check(config: &Config) -> Result<Vec<NodeReport>, String> {
     let nodes = Nodes::from_config(config)?;
-    let probes = join_all(
-        nodes
-            .list
-            .iter()
-            .map(|n| probe(n, config.discovery.timeout)),
-    )
-    .await;
-    Ok(nodes
-        .list
-        .iter()
-        .zip(probes)
-        .map(|(node, probe)| NodeReport {
+    let reports = nodes.list.iter().map(|node| async move {
+        // SSH first: it waits for the connection the model-list probe then uses.
+        let ssh = match node.ssh_sessions.first() {
+            Some(session) => Some(diagnose(session, node.transport.clone(), "/v1/models").await),
+            None => None,
+        };
+        NodeReport {
             name: node.name.to_string(),
             transport: node.transport_kind.as_str(),
             target: node.target.clone(),
             priority: node.priority,
-            probe,
-        })
-        .collect())
+            probe: probe(node, config.discovery.timeout).await,
+            ssh,
+        }
+    });
+    Ok(join_all(reports).await)
 }
 
 /// A fixed-width table, one row per node.
@@ -73,6 +74,7 @@ pub fn render(reports: &[NodeReport]) -> String {
             detail,
         ]);
     }
+    let ssh: Vec<&Diagnosis> = reports.iter().filter_map(|r| r.ssh.as_ref()).collect();
     let widths: Vec<usize> = (0..6)
         .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
         .collect();
@@ -82,6 +84,9 @@ pub fn render(reports: &[NodeReport]) -> String {
             let _ = write!(out, "{:<width$}  ", row[c]);
         }
         let _ = writeln!(out, "{}", row[6]);
+    }
+    for diagnosis in ssh {
+        let _ = writeln!(out, "\n{diagnosis}");
     }
     out
 }

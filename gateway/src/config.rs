@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -15,6 +15,7 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
+    pub ssh: SshSettings,
     pub discovery: DiscoveryConfig,
     pub timeouts: Timeouts,
     pub routing: RoutingConfig,
@@ -29,6 +30,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             server: ServerConfig::default(),
+            ssh: SshSettings::default(),
             discovery: DiscoveryConfig::default(),
             timeouts: Timeouts::default(),
             routing: RoutingConfig::default(),
@@ -64,6 +66,31 @@ impl Default for ServerConfig {
             allow_unauthenticated: false,
         }
     }
+}
+
+/// How SSH nodes are reached. Everything about a node (host name, user, port, keys,
+/// known_hosts, ProxyJump, keepalive) comes from the OpenSSH client config, as `ssh`
+/// itself would use it; these keys override it for every SSH node.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SshSettings {
+    /// The OpenSSH client config that names the nodes (default: the user's
+    /// ~/.ssh/config, with ~ found as OpenSSH finds it).
+    pub config: Option<PathBuf>,
+    /// `yes` (unknown hosts refused), `accept-new` (learned, a changed key refused),
+    /// or `no` (any key; only if you mean it). Default: what the ssh config says.
+    pub strict_host_key_checking: Option<String>,
+    pub known_hosts: Option<PathBuf>,
+}
+
+/// Per-node overrides of what the ssh config says for the node's alias.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshOverrides {
+    pub user: Option<String>,
+    pub port: Option<u16>,
+    pub identity_file: Option<PathBuf>,
+    pub strict_host_key_checking: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -286,6 +313,22 @@ pub struct NodeConfig {
     /// Overrides of [timeouts] for this node.
     #[serde(default)]
     pub timeouts: TimeoutOverrides,
+    /// SSH nodes: overrides of the ssh config for this node.
+    #[serde(default)]
+    pub ssh_options: SshOverrides,
+    /// exec nodes: SSH connections to keep; each runs up to `max_sessions` curls at once.
+    #[serde(default = "default_connections")]
+    pub connections: u32,
+    /// SSH nodes: the node sshd's MaxSessions (OpenSSH's default is 10).
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: u32,
+}
+
+fn default_connections() -> u32 {
+    2
+}
+fn default_max_sessions() -> u32 {
+    10
 }
 
 fn default_transport() -> TransportKind {
@@ -311,6 +354,9 @@ impl NodeConfig {
             models: None,
             api_key_env: None,
             timeouts: TimeoutOverrides::default(),
+            ssh_options: SshOverrides::default(),
+            connections: default_connections(),
+            max_sessions: default_max_sessions(),
         }
     }
 }
@@ -394,6 +440,10 @@ impl Config {
             ));
         }
         check_rate("limits", self.limits.requests_per_minute, self.limits.burst)?;
+        check_host_key_policy(
+            "ssh.strict_host_key_checking",
+            &self.ssh.strict_host_key_checking,
+        )?;
         self.validate_keys()?;
         if self.keys.is_empty()
             && !self.server.listen.ip().is_loopback()
@@ -461,13 +511,16 @@ impl Config {
                             "SSH nodes reach 127.0.0.1:<port> on the node; set port instead",
                         ));
                     }
-                    return Err(invalid(
-                        key("transport"),
-                        &format!(
-                            "`{}` needs the SSH transports, which this build does not have yet",
-                            node.transport.as_str()
-                        ),
-                    ));
+                    if node.connections == 0 || node.max_sessions == 0 {
+                        return Err(invalid(
+                            key("connections"),
+                            "connections and max_sessions must be at least 1",
+                        ));
+                    }
+                    check_host_key_policy(
+                        &key("ssh_options.strict_host_key_checking"),
+                        &node.ssh_options.strict_host_key_checking,
+                    )?;
                 }
             }
         }
@@ -518,6 +571,18 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+fn check_host_key_policy(key: &str, value: &Option<String>) -> Result<(), ConfigError> {
+    match value {
+        Some(v) if meshgate_transports::ssh::HostKeyPolicy::parse(v).is_none() => {
+            Err(ConfigError::Invalid {
+                key: key.into(),
+                message: format!("`{v}`: use yes, accept-new or no"),
+            })
+        }
+        _ => Ok(()),
     }
 }
 

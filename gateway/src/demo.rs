@@ -1,6 +1,10 @@
 //! `meshgate demo`: a self-contained mesh on loopback — three simulated nodes with
 //! different speeds and models behind one gateway — that streams one reply through
 //! itself to show it works, then prints how to call it and serves until Ctrl-C.
+//!
+//! Where OpenSSH's sshd is installed, two of the nodes are reached the way real ones
+//! are: through a throwaway sshd on loopback, one by the forward transport and one by
+//! exec, named by Host aliases in a throwaway ssh config.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -13,22 +17,89 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use meshgate_sim::{Sim, SimConfig};
 
-use crate::config::{Config, NodeConfig};
+use meshgate_transports::ssh::testing::{SshdOptions, TempDir, TestSshd};
+
+use crate::config::{Config, NodeConfig, TransportKind};
 use crate::{Gateway, app};
 
-/// The demo mesh: (name, models, time to first token, delay between tokens, tier).
-const NODES: [(&str, &[&str], u64, u64, u32); 3] = [
-    ("vengeance", &["llama3.2", "qwen2.5"], 40, 15, 1),
-    ("runpod", &["llama3.2", "mistral"], 80, 10, 1),
-    ("laptop", &["llama3.2"], 300, 60, 2),
+/// One simulated node of the demo mesh.
+struct DemoNode {
+    name: &'static str,
+    models: &'static [&'static str],
+    ttft_ms: u64,
+    token_ms: u64,
+    tier: u32,
+    /// How it is reached when sshd is available.
+    transport: TransportKind,
+}
+
+const NODES: [DemoNode; 3] = [
+    DemoNode {
+        name: "vengeance",
+        models: &["llama3.2", "qwen2.5"],
+        ttft_ms: 40,
+        token_ms: 15,
+        tier: 1,
+        transport: TransportKind::Forward,
+    },
+    DemoNode {
+        name: "runpod",
+        models: &["llama3.2", "mistral"],
+        ttft_ms: 80,
+        token_ms: 10,
+        tier: 1,
+        transport: TransportKind::Exec,
+    },
+    DemoNode {
+        name: "laptop",
+        models: &["llama3.2"],
+        ttft_ms: 300,
+        token_ms: 60,
+        tier: 2,
+        transport: TransportKind::Local,
+    },
 ];
+
+/// A throwaway sshd on loopback with one Host alias per SSH demo node, if sshd exists.
+async fn start_sshd() -> Option<(TestSshd, TempDir)> {
+    if !std::path::Path::new("/usr/sbin/sshd").exists() {
+        return None;
+    }
+    // A home without shell rc files: a heavy ~/.bashrc would add its start-up time to
+    // every exec request (a real deployment would use a lean account the same way).
+    let home = TempDir::new("meshgate-demo-home");
+    let sshd = TestSshd::start(SshdOptions {
+        sshd_config: vec![format!("SetEnv HOME={}", home.path().display())],
+        ..SshdOptions::default()
+    })
+    .await;
+    let aliases: String = NODES
+        .iter()
+        .filter(|n| n.transport != TransportKind::Local)
+        .map(|n| sshd.host_block(n.name))
+        .collect();
+    std::fs::write(&sshd.ssh_config, aliases).ok()?;
+    Some((sshd, home))
+}
 
 pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     let mut sims = Vec::new();
     let mut config = Config::default();
     config.nodes.clear();
     config.discovery.interval = Duration::from_secs(2);
-    for (name, models, ttft_ms, token_ms, tier) in NODES {
+    let sshd = start_sshd().await;
+    if let Some((sshd, _)) = &sshd {
+        config.ssh.config = Some(sshd.ssh_config.clone());
+    }
+    for DemoNode {
+        name,
+        models,
+        ttft_ms,
+        token_ms,
+        tier,
+        transport,
+    } in NODES
+    {
         let sim = Sim::start(SimConfig {
             name: name.into(),
             models: models.iter().map(|m| m.to_string()).collect(),
@@ -41,6 +112,12 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
         .with_context(|| format!("starting simulated node {name}"))?;
         let mut node = NodeConfig::local(name, &sim.url());
         node.priority = tier;
+        if sshd.is_some() && transport != TransportKind::Local {
+            node.transport = transport;
+            node.url = None;
+            node.ssh = Some(name.into());
+            node.port = sim.addr().port();
+        }
         config.nodes.push(node);
         sims.push(sim);
     }
@@ -67,11 +144,28 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     }
 
     println!("meshgate demo listening on http://{addr}\n");
-    for (sim, (name, models, ttft, token, tier)) in sims.iter().zip(NODES) {
+    for (
+        node,
+        DemoNode {
+            models,
+            ttft_ms: ttft,
+            token_ms: token,
+            ..
+        },
+    ) in nodes.list.iter().zip(NODES)
+    {
         println!(
-            "  node {name:<10} tier {tier}  {}  models {}  ({ttft} ms to first token, {token} ms/token)",
-            sim.url(),
+            "  node {:<10} tier {}  {:<8} {}  models {}  ({ttft} ms to first token, {token} ms/token)",
+            node.name,
+            node.priority,
+            node.transport_kind.as_str(),
+            node.target,
             models.join(",")
+        );
+    }
+    if sshd.is_none() {
+        println!(
+            "  (OpenSSH's sshd is not installed, so every node is local; with it, two nodes go over SSH)"
         );
     }
     print!("\nStreaming a reply through meshgate: ");
@@ -95,6 +189,7 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     println!("Ctrl-C to stop.");
     server.await??;
     drop(sims);
+    drop(sshd);
     Ok(())
 }
 

@@ -8,6 +8,7 @@
 
 mod error;
 pub mod local;
+mod pooled;
 pub mod ssh;
 
 use bytes::Bytes;

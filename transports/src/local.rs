@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderValue, Uri};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -119,40 +119,8 @@ impl tower::Service<Request> for LocalTransport {
                 .headers
                 .insert(http::header::AUTHORIZATION, auth.clone());
         }
-        let fut = self
-            .client
-            .request(http::Request::from_parts(parts, Full::new(body)));
-        Box::pin(async move {
-            let response = fut.await.map_err(request_error)?;
-            Ok(response.map(|body| {
-                body.map_err(|e| {
-                    TransportError::new(Phase::Body, Kind::Closed, "response cut short")
-                        .with_source(e)
-                })
-                .boxed_unsync()
-            }))
-        })
+        crate::pooled::send(&self.client, http::Request::from_parts(parts, body))
     }
-}
-
-/// hyper-util reports connect failures distinctly; anything else happened after the
-/// request was handed to a connection, before a response head arrived.
-fn request_error(e: hyper_util::client::legacy::Error) -> TransportError {
-    if e.is_connect() {
-        let kind = if crate::error::caused_by_io(&e, std::io::ErrorKind::TimedOut) {
-            Kind::Timeout
-        } else {
-            Kind::Refused
-        };
-        return TransportError::new(Phase::Connect, kind, "cannot reach the model server")
-            .with_source(e);
-    }
-    TransportError::new(
-        Phase::FirstByte,
-        Kind::Closed,
-        "no response from the model server",
-    )
-    .with_source(e)
 }
 
 #[cfg(test)]

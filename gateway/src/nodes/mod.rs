@@ -12,6 +12,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use meshgate_transports::local::{LocalConfig, LocalTransport};
+use meshgate_transports::ssh::{
+    self, ExecTransport, ForwardTransport, HostKeyPolicy, ResolveOptions, Session, SessionOptions,
+    SshTarget,
+};
 use meshgate_transports::{BoxTransport, Kind, Phase, TransportError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -69,6 +73,9 @@ pub struct Node {
     /// Where the node is, for operators: a URL or an SSH alias.
     pub target: String,
     pub transport: BoxTransport,
+    /// SSH nodes: the connections their transport runs over (one for forward; exec
+    /// spreads curl runs over several because of sshd's MaxSessions).
+    pub ssh_sessions: Vec<Arc<Session>>,
     pub timeouts: Timeouts,
     pub max_concurrency: Option<u32>,
     /// Models fixed in config; discovery then only checks health.
@@ -96,6 +103,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Node {
     pub fn new(config: &NodeConfig, global: &Config) -> Result<Self, String> {
         let timeouts = global.timeouts.with(&config.timeouts);
+        let mut ssh_sessions = Vec::new();
         let (transport, target) = match config.transport {
             TransportKind::Local => {
                 let url = config.url.clone().unwrap_or_default();
@@ -119,10 +127,9 @@ impl Node {
                 (BoxTransport::new(local), url)
             }
             TransportKind::Forward | TransportKind::Exec => {
-                return Err(format!(
-                    "node `{}`: SSH transports are not in this build",
-                    config.name
-                ));
+                let (transport, target, sessions) = ssh_transport(config, global, timeouts)?;
+                ssh_sessions = sessions;
+                (transport, target)
             }
         };
         let static_models: Option<Arc<[String]>> = config.models.clone().map(Into::into);
@@ -132,6 +139,7 @@ impl Node {
             transport_kind: config.transport,
             target,
             transport,
+            ssh_sessions,
             timeouts,
             max_concurrency: config.max_concurrency,
             slots: config
@@ -322,6 +330,58 @@ impl Node {
             }
         }
     }
+}
+
+/// A forward or exec transport to an SSH node, from its alias in the OpenSSH config.
+/// Connecting happens in the background: a node that is down does not hold up start.
+fn ssh_transport(
+    config: &NodeConfig,
+    global: &Config,
+    timeouts: Timeouts,
+) -> Result<(BoxTransport, String, Vec<Arc<Session>>), String> {
+    let alias = config.ssh.as_deref().unwrap_or_default();
+    let policy = |value: &Option<String>| value.as_deref().and_then(HostKeyPolicy::parse);
+    let options = ResolveOptions {
+        config_path: global.ssh.config.as_deref().map(ssh::config::expand_home),
+        user: config.ssh_options.user.clone(),
+        port: config.ssh_options.port,
+        identity_file: config
+            .ssh_options
+            .identity_file
+            .as_deref()
+            .map(ssh::config::expand_home),
+        host_key_policy: policy(&config.ssh_options.strict_host_key_checking)
+            .or(policy(&global.ssh.strict_host_key_checking)),
+        known_hosts_file: global
+            .ssh
+            .known_hosts
+            .as_deref()
+            .map(ssh::config::expand_home),
+        ..ResolveOptions::default()
+    };
+    let target =
+        SshTarget::resolve(alias, &options).map_err(|e| format!("node `{}`: {e}", config.name))?;
+    let described = target.describe();
+    let session_options = SessionOptions {
+        connect_timeout: timeouts.connect,
+        max_sessions: config.max_sessions as usize,
+        ..SessionOptions::default()
+    };
+    Ok(match config.transport {
+        TransportKind::Exec => {
+            let sessions: Vec<_> = (0..config.connections)
+                .map(|_| Session::new(target.clone(), session_options.clone()))
+                .collect();
+            let transport = BoxTransport::new(ExecTransport::new(sessions.clone(), config.port));
+            (transport, described, sessions)
+        }
+        _ => {
+            let session = Session::new(target, session_options);
+            let transport =
+                BoxTransport::new(ForwardTransport::new(Arc::clone(&session), config.port));
+            (transport, described, vec![session])
+        }
+    })
 }
 
 /// Send a request to the leased node and wait for the first byte of its answer's body

@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::Uri;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
@@ -92,45 +92,8 @@ impl tower::Service<Request> for ForwardTransport {
                 });
             }
         };
-        let fut = self
-            .client
-            .request(http::Request::from_parts(parts, Full::new(body)));
-        Box::pin(async move {
-            let response = fut.await.map_err(request_error)?;
-            Ok(response.map(|body| {
-                body.map_err(|e| {
-                    TransportError::new(Phase::Body, Kind::Closed, "response cut short")
-                        .with_source(e)
-                })
-                .boxed_unsync()
-            }))
-        })
+        crate::pooled::send(&self.client, http::Request::from_parts(parts, body))
     }
-}
-
-fn request_error(e: hyper_util::client::legacy::Error) -> TransportError {
-    // The connector's own error already says what failed (auth, host key, refused...).
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-    while let Some(err) = cur {
-        if let Some(t) = err.downcast_ref::<TransportError>() {
-            return TransportError::new(t.phase(), t.kind(), t.to_string());
-        }
-        cur = err.source();
-    }
-    if e.is_connect() {
-        return TransportError::new(
-            Phase::Connect,
-            Kind::Closed,
-            "cannot open a channel to the node",
-        )
-        .with_source(e);
-    }
-    TransportError::new(
-        Phase::FirstByte,
-        Kind::Closed,
-        "no response from the model server",
-    )
-    .with_source(e)
 }
 
 /// Opens direct-tcpip channels for the pooled client (a `tower::Service<Uri>`).
