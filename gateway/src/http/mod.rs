@@ -1,7 +1,7 @@
 //! The OpenAI-compatible REST front: routes, and the adapters from HTTP requests onto
 //! the one internal [`GatewayRequest`](crate::request::GatewayRequest).
 
-mod extract;
+pub mod extract;
 mod openai;
 pub mod relay;
 
