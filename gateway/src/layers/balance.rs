@@ -101,6 +101,9 @@ fn pick(
     now: Instant,
     allowed: &dyn Fn(&Node) -> bool,
 ) -> Option<Lease> {
+    if let Some(lease) = pick_sampled(tier, model, now, allowed) {
+        return Some(lease);
+    }
     let mut candidates: Vec<&Arc<Node>> = tier
         .iter()
         .filter(|n| allowed(n) && n.eligible(now) && n.has_free_slot())
@@ -116,6 +119,40 @@ fn pick(
         candidates.swap_remove(i);
     }
     None
+}
+
+/// The common case in O(1), whatever the tier's size: two distinct random nodes of the
+/// tier that both qualify (allowed, eligible, a free slot, the model warm) are a uniform
+/// random pair of the candidates `pick`'s scan would collect, so P2C between them is the
+/// same choice without looking at every node. When either does not qualify (a tier
+/// with nodes down, busy or cold), `pick` scans.
+fn pick_sampled(
+    tier: &[Arc<Node>],
+    model: &str,
+    now: Instant,
+    allowed: &dyn Fn(&Node) -> bool,
+) -> Option<Lease> {
+    let n = tier.len();
+    if n < 3 {
+        // The scan is as cheap, and its fallbacks (one candidate, lost races) are exact.
+        return None;
+    }
+    let a = fastrand::usize(..n);
+    let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+    let qualifies = |node: &Node| {
+        allowed(node) && node.eligible(now) && node.has_free_slot() && node.is_warm(model)
+    };
+    if !qualifies(&tier[a]) || !qualifies(&tier[b]) {
+        return None;
+    }
+    let (first, second) = if tier[a].load(now) <= tier[b].load(now) {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    tier[first]
+        .try_lease(now)
+        .or_else(|| tier[second].try_lease(now))
 }
 
 /// Power of two choices: two distinct random candidates, the less loaded wins.
@@ -156,5 +193,84 @@ impl tower::Service<GatewayRequest> for Balance {
             // The attempt span, traceparent for the node, and per-node metrics.
             crate::telemetry::observe::send(&request, lease).await
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use futures_util::FutureExt;
+
+    use super::*;
+    use crate::config::{Config, NodeConfig};
+    use crate::nodes::{Found, Probe};
+
+    /// `n` local nodes serving `m`; those whose index `up` accepts are marked reachable.
+    fn nodes(n: usize, up: impl Fn(usize) -> bool) -> Arc<Nodes> {
+        let config = Config {
+            nodes: (0..n)
+                .map(|i| {
+                    NodeConfig::local(&format!("n{i}"), &format!("http://127.0.0.1:{}", 1 + i))
+                })
+                .collect(),
+            ..Config::default()
+        };
+        let nodes = Arc::new(Nodes::from_config(&config).unwrap());
+        for (i, node) in nodes.list.iter().enumerate() {
+            let result = if up(i) {
+                Ok(Found {
+                    models: vec!["m".into()],
+                    loaded: None,
+                })
+            } else {
+                Err("down".into())
+            };
+            node.record_probe(&Probe {
+                result,
+                rtt: Duration::ZERO,
+                ollama: false,
+            });
+        }
+        nodes.reindex();
+        nodes
+    }
+
+    fn picks(nodes: &Arc<Nodes>, times: usize) -> HashMap<String, usize> {
+        let balance = Balance::new(Arc::clone(nodes), &RoutingConfig::default());
+        let mut seen = HashMap::new();
+        for _ in 0..times {
+            let lease = balance
+                .lease("m", &[])
+                .now_or_never()
+                .expect("a free node leases without waiting")
+                .expect("a node");
+            *seen.entry(lease.node.name.to_string()).or_default() += 1;
+        }
+        seen
+    }
+
+    #[test]
+    fn a_large_tier_spreads_the_load() {
+        // Equal loads still differ by a hair (each estimate's clock started a little
+        // apart), so P2C never picks the single most loaded node: most, not all.
+        let seen = picks(&nodes(30, |_| true), 3000);
+        assert!(seen.len() >= 25, "{seen:?}");
+        assert!(seen.values().all(|&n| n < 300), "{seen:?}");
+    }
+
+    #[test]
+    fn sampling_never_picks_a_node_that_is_down() {
+        // Most of the tier down: the sampled pair rarely qualifies and the scan decides.
+        let nodes = nodes(30, |i| i % 10 == 0);
+        let seen = picks(&nodes, 1000);
+        assert!(
+            seen.len() >= 2
+                && seen
+                    .keys()
+                    .all(|n| ["n0", "n10", "n20"].contains(&n.as_str())),
+            "{seen:?}"
+        );
     }
 }

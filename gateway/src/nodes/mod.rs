@@ -21,7 +21,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 pub use body::InFlight;
-pub use discovery::{Probe, probe, spawn_discovery};
+pub use discovery::{Found, Probe, probe, spawn_discovery};
 
 use crate::config::{Config, NodeConfig, Timeouts, TransportKind};
 use crate::layers::breaker::{Admission, Breaker, State as BreakerState};

@@ -1,0 +1,33 @@
+// REST chat completions, not streamed: a small prompt, a small answer.
+//   BASE_URL  e.g. http://127.0.0.1:8080 (meshgate) or the simulated node itself
+import http from 'k6/http';
+import { check } from 'k6';
+import { MODEL, options as baseOptions, requestOk, summary } from './lib.js';
+
+export const options = baseOptions({ http_req_failed: ['rate==0'] });
+
+const url = `${__ENV.BASE_URL}/v1/chat/completions`;
+const body = JSON.stringify({
+  model: MODEL,
+  messages: [{ role: 'user', content: 'Say hello in a few words.' }],
+  max_tokens: parseInt(__ENV.MAX_TOKENS || '16', 10),
+});
+const params = { headers: { 'content-type': 'application/json' } };
+
+export default function () {
+  const res = http.post(url, body, params);
+  const passed = check(res, {
+    'status 200': (r) => r.status === 200,
+    'a whole completion': (r) => {
+      try {
+        const j = r.json();
+        return j.choices.length > 0 && typeof j.choices[0].message.content === 'string';
+      } catch (e) {
+        return false;
+      }
+    },
+  });
+  requestOk.add(passed);
+}
+
+export const handleSummary = summary;
