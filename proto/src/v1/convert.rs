@@ -143,7 +143,13 @@ pub fn embedding_request_json(req: EmbeddingRequest) -> Map<String, Value> {
 
 // ---- answers -----------------------------------------------------------------------
 
+/// `usage`, if present. A JSON null means the same as absent: OpenAI streams send
+/// `"usage": null` on every chunk but the last when usage was asked for.
 fn usage(m: &mut Map<String, Value>) -> Option<Usage> {
+    if m.get("usage").is_some_and(Value::is_null) {
+        m.remove("usage");
+        return None;
+    }
     let mut u = take_object(m, "usage")?;
     Some(Usage {
         prompt_tokens: take_u32(&mut u, "prompt_tokens"),
@@ -246,12 +252,7 @@ pub fn chat_chunk(value: Value) -> Result<ChatCompletionChunk, NotAnObject> {
             finish_reason: take_opt_string(&mut c, "finish_reason"),
             extra: rest(c),
         }),
-        usage: if m.get("usage").is_some_and(Value::is_null) {
-            m.remove("usage");
-            None
-        } else {
-            usage(&mut m)
-        },
+        usage: usage(&mut m),
         extra: rest(m),
     })
 }
@@ -270,12 +271,7 @@ pub fn completion_response(value: Value) -> Result<CompletionResponse, NotAnObje
             finish_reason: take_opt_string(&mut c, "finish_reason"),
             extra: rest(c),
         }),
-        usage: if m.get("usage").is_some_and(Value::is_null) {
-            m.remove("usage");
-            None
-        } else {
-            usage(&mut m)
-        },
+        usage: usage(&mut m),
         extra: rest(m),
     })
 }
