@@ -232,9 +232,11 @@ impl Node {
             .is_none_or(|loaded| loaded.iter().any(|m| m == model))
     }
 
-    /// Usable for routing: reachable, and the breaker not open.
+    /// Usable for routing: reachable, and the breaker not open — exactly when
+    /// [`Node::health`] is not offline, without building its reason strings (this is
+    /// asked per node on every model listing, readiness check and health poll).
     pub fn is_online(&self) -> bool {
-        !matches!(self.health(), Health::Offline { .. })
+        self.reachable() && !matches!(lock(&self.breaker).state(), BreakerState::Open { .. })
     }
 
     pub fn health(&self) -> Health {
