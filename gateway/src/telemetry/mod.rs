@@ -1,8 +1,9 @@
 //! Logs, traces and metrics. Logs: structured fields, no secrets, no prompt text —
 //! handlers never log bodies, and auth headers are marked sensitive before the trace
-//! layer sees them. Traces: one span per request and one per attempt on a node, exported
-//! over OTLP/HTTP when `[telemetry] otlp_endpoint` is set; when it is not, no span is
-//! even created ([`tracing_on`] is false), so tracing costs nothing. Metrics: see
+//! layer sees them. Traces: one span per request and one per attempt on a node (see
+//! [`spans`]), and one per SSH connect, exported over OTLP/HTTP when `[telemetry]
+//! otlp_endpoint` is set; when it is not, no span is even created ([`tracing_on`] is
+//! false), so tracing costs nothing. Metrics: see
 //! [`crate::metrics`], fed by the [`observe`] layer and scraped on `/metrics`.
 
 pub mod observe;
@@ -16,7 +17,7 @@ use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tracing::Level;
-use tracing_subscriber::filter::{Targets, filter_fn};
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::{EnvFilter, Layer};
 
@@ -65,18 +66,15 @@ impl Drop for Telemetry {
 pub fn init(config: &TelemetryConfig) -> Result<Telemetry, String> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,meshgate=info"));
-    // The request and attempt spans are for export: formatting their fields for log
-    // lines too would double their cost, so logs leave them out.
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_filter(filter)
-        .with_filter(filter_fn(|meta| {
-            !(meta.is_span() && spans::EXPORT_ONLY.contains(&meta.target()))
-        }));
+        .with_filter(filter);
     let provider = match &config.otlp_endpoint {
         Some(endpoint) => Some(provider(endpoint, config)?),
         None => None,
     };
+    // Request and attempt spans use the OpenTelemetry API directly (see [`spans`]); the
+    // `tracing` bridge carries the SSH connection spans, made in the transports crate.
     let otel = provider.as_ref().map(|provider| {
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("meshgate"))
@@ -84,11 +82,7 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, String> {
             .with_tracked_inactivity(false)
             .with_location(false)
             .with_threads(false)
-            .with_filter(
-                Targets::new()
-                    .with_target("meshgate", Level::INFO)
-                    .with_target("meshgate_transports", Level::INFO),
-            )
+            .with_filter(Targets::new().with_target("meshgate_transports", Level::INFO))
     });
     if tracing_subscriber::registry()
         .with(fmt)
@@ -101,6 +95,9 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, String> {
             let _ = provider.shutdown();
         }
         return Ok(Telemetry::default());
+    }
+    if let Some(provider) = &provider {
+        spans::set_tracer(provider.tracer("meshgate"));
     }
     TRACING.store(provider.is_some(), Ordering::Relaxed);
     Ok(Telemetry { provider })

@@ -20,9 +20,10 @@ use axum::extract::MatchedPath;
 use futures_util::future::BoxFuture;
 use http::StatusCode;
 use http_body_util::BodyExt;
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry::{Context as TraceContext, KeyValue, StringValue};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
-use tracing::{Instrument, Span};
 
 use super::spans;
 use crate::errors::{ATTEMPTS_HEADER, GatewayError, LimitScope};
@@ -50,7 +51,8 @@ pub struct Tokens {
 /// and the relay. Booked when dropped.
 pub struct Observation {
     metrics: Arc<Metrics>,
-    span: Span,
+    /// The request span, when tracing is on.
+    span: Option<TraceContext>,
     arrived: Instant,
     operation: Operation,
     model: Name,
@@ -154,30 +156,44 @@ impl Drop for Observation {
             }
         }
 
-        let span = &self.span;
-        if !span.is_none() {
-            if let Some(node) = &end.node {
-                span.record("meshgate.node", &**node);
+        if let Some(cx) = &self.span {
+            let span = cx.span();
+            if let Some(node) = end.node {
+                span.set_attribute(KeyValue::new("meshgate.node", StringValue::from(node)));
             }
-            span.record("meshgate.attempts", attempts);
-            span.record("meshgate.overhead_ms", overhead.as_secs_f64() * 1e3);
+            span.set_attribute(KeyValue::new("meshgate.attempts", i64::from(attempts)));
+            span.set_attribute(KeyValue::new(
+                "meshgate.overhead_ms",
+                overhead.as_secs_f64() * 1e3,
+            ));
             if let Some(ttft) = end.ttft {
-                span.record("meshgate.time_to_first_token_ms", ttft.as_secs_f64() * 1e3);
+                span.set_attribute(KeyValue::new(
+                    "meshgate.time_to_first_token_ms",
+                    ttft.as_secs_f64() * 1e3,
+                ));
             }
             if let Some(tokens) = end.tokens {
-                span.record("gen_ai.usage.input_tokens", tokens.input);
-                span.record("gen_ai.usage.output_tokens", tokens.output);
+                span.set_attribute(KeyValue::new(
+                    "gen_ai.usage.input_tokens",
+                    i64::from(tokens.input),
+                ));
+                span.set_attribute(KeyValue::new(
+                    "gen_ai.usage.output_tokens",
+                    i64::from(tokens.output),
+                ));
             }
             if status != 0 {
-                span.record("http.response.status_code", status);
+                span.set_attribute(KeyValue::new(
+                    "http.response.status_code",
+                    i64::from(status),
+                ));
             }
             match end.error {
-                Some(code) => spans::fail(span, code),
-                None if status >= 500 => spans::fail(span, itoa(status)),
-                None => {
-                    span.record("otel.status_code", "OK");
-                }
+                Some(code) => spans::fail(&span, code),
+                None if status >= 500 => spans::fail(&span, itoa(status)),
+                None => spans::ok(&span),
             }
+            span.end();
         }
     }
 }
@@ -240,7 +256,7 @@ where
             .extensions
             .get::<Arrived>()
             .map_or_else(Instant::now, |a| a.0);
-        let key = request.extensions.get::<Caller>().map(|c| &*c.0.name);
+        let key = request.extensions.get::<Caller>().map(|c| &c.0.name);
         let span = spans::request(
             request.operation,
             &request.model,
@@ -311,18 +327,17 @@ pub async fn send(request: &GatewayRequest, lease: Lease) -> Result<Routed, Gate
     let node = Arc::clone(&lease.node.name);
     let observed = request.extensions.get::<Observed>().map(|o| &o.0);
     let attempt = request.extensions.get::<Tried>().map_or(0, |t| t.0.len()) + 1;
-    let span = match observed {
-        Some(observation) => spans::attempt(&observation.span, &lease.node, attempt),
-        None => Span::none(),
-    };
+    let span = observed
+        .and_then(|o| o.span.as_ref())
+        .and_then(|cx| spans::attempt(cx, &lease.node, attempt));
     // Rendered per attempt: an Ollama request is translated only for a node that does
     // not speak Ollama natively.
     let (mut node_request, dialect) = request.to_node_request(lease.node.speaks_ollama());
-    spans::inject(&span, node_request.headers_mut());
+    if let Some(cx) = &span {
+        spans::inject(cx, node_request.headers_mut());
+    }
     let sent = Instant::now();
-    let result = nodes::send(lease, node_request)
-        .instrument(span.clone())
-        .await;
+    let result = nodes::send(lease, node_request).await;
     let waited = sent.elapsed();
     let outcome = match &result {
         Ok((parts, _)) if parts.status.is_server_error() => "http_5xx",
@@ -359,22 +374,28 @@ pub async fn send(request: &GatewayRequest, lease: Lease) -> Result<Routed, Gate
             Err(e) => m.node_error(&node, e.to_string()),
         }
     }
-    if !span.is_none() {
+    if let Some(cx) = &span {
+        let span = cx.span();
         match &result {
             Ok((parts, _)) => {
-                span.record("http.response.status_code", parts.status.as_u16());
-                span.record(
+                let status = parts.status.as_u16();
+                span.set_attribute(KeyValue::new(
+                    "http.response.status_code",
+                    i64::from(status),
+                ));
+                span.set_attribute(KeyValue::new(
                     "meshgate.time_to_first_token_ms",
                     waited.as_secs_f64() * 1e3,
-                );
+                ));
                 if parts.status.is_server_error() {
-                    spans::fail(&span, itoa(parts.status.as_u16()));
+                    spans::fail(&span, itoa(status));
                 } else {
-                    span.record("otel.status_code", "OK");
+                    spans::ok(&span);
                 }
             }
-            Err(e) => spans::fail(&span, outcome_error(e)),
+            Err(e) => spans::fail(&span, e.kind().as_str()),
         }
+        span.end();
     }
     match result {
         Ok((parts, body)) => Ok(Routed {
@@ -387,10 +408,6 @@ pub async fn send(request: &GatewayRequest, lease: Lease) -> Result<Routed, Gate
             source,
         }),
     }
-}
-
-fn outcome_error(e: &meshgate_transports::TransportError) -> &'static str {
-    e.kind().as_str()
 }
 
 /// The HTTP-level layer: arrival time, requests by route and status, rate-limit refusals.

@@ -1,24 +1,32 @@
 //! The spans meshgate makes, named and attributed after the OpenTelemetry GenAI semantic
 //! conventions: a server span per request (`chat llama3.2`), a client span per attempt on
 //! a node (`attempt gpu-desktop`). Never the API key (only its name), never prompt text.
-//! All of them are `Span::none()` unless tracing is on.
+//!
+//! They are built with the OpenTelemetry API directly, not through `tracing`: on the
+//! request path the bridge cost more than the spans themselves (a registry entry, field
+//! visitors and a span enter/exit per poll). Each span lives in a [`Context`], which is
+//! what a child span and `traceparent` need. None exist unless tracing is on.
+
+use std::sync::{Arc, OnceLock};
 
 use http::HeaderMap;
 use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{SpanKind, SpanRef, Status, TraceContextExt, Tracer};
+use opentelemetry::{Context, KeyValue, StringValue};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use tracing::Span;
-use tracing::field::Empty;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
+use opentelemetry_sdk::trace::SdkTracer;
 
 use super::tracing_on;
 use crate::nodes::Node;
 use crate::request::Operation;
 
-/// Targets of the spans made only for export (not shown in logs).
-pub const EXPORT_ONLY: [&str; 2] = [REQUEST, ATTEMPT];
-const REQUEST: &str = "meshgate::request";
-const ATTEMPT: &str = "meshgate::attempt";
+static TRACER: OnceLock<SdkTracer> = OnceLock::new();
+
+/// The tracer request and attempt spans come from (set once, by [`super::init`]).
+pub(super) fn set_tracer(tracer: SdkTracer) {
+    let _ = TRACER.set(tracer);
+}
 
 /// `gen_ai.operation.name` for an operation.
 pub fn operation_name(operation: Operation) -> &'static str {
@@ -30,81 +38,74 @@ pub fn operation_name(operation: Operation) -> &'static str {
 }
 
 /// The span of one request through the routing stack, continuing the client's trace
-/// when it sent a W3C `traceparent`.
+/// when it sent a W3C `traceparent`. `None` when tracing is off.
 pub fn request(
     operation: Operation,
     model: &str,
     stream: bool,
-    key: Option<&str>,
+    key: Option<&Arc<str>>,
     headers: &HeaderMap,
-) -> Span {
-    if !tracing_on() {
-        return Span::none();
-    }
+) -> Option<Context> {
+    let tracer = TRACER.get().filter(|_| tracing_on())?;
     let op = operation_name(operation);
-    let span = tracing::info_span!(
-        target: REQUEST,
-        "request",
-        otel.name = %format_args!("{op} {model}"),
-        otel.kind = "server",
-        otel.status_code = Empty,
-        http.route = operation.path(),
-        gen_ai.operation.name = op,
-        gen_ai.request.model = %model,
-        meshgate.stream = stream,
-        meshgate.key.name = key.unwrap_or("anonymous"),
-        meshgate.node = Empty,
-        meshgate.attempts = Empty,
-        meshgate.time_to_first_token_ms = Empty,
-        meshgate.overhead_ms = Empty,
-        gen_ai.usage.input_tokens = Empty,
-        gen_ai.usage.output_tokens = Empty,
-        http.response.status_code = Empty,
-        error.type = Empty,
-    );
-    if headers.contains_key("traceparent") {
-        let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
-        let _ = span.set_parent(parent);
-    }
-    span
+    let parent = if headers.contains_key("traceparent") {
+        TraceContextPropagator::new().extract(&HeaderExtractor(headers))
+    } else {
+        Context::new()
+    };
+    let mut attributes = Vec::with_capacity(16);
+    attributes.extend([
+        KeyValue::new("http.route", operation.path()),
+        KeyValue::new("gen_ai.operation.name", op),
+        KeyValue::new("gen_ai.request.model", model.to_owned()),
+        KeyValue::new("meshgate.stream", stream),
+        KeyValue::new(
+            "meshgate.key.name",
+            key.map_or(StringValue::from("anonymous"), |k| {
+                StringValue::from(Arc::clone(k))
+            }),
+        ),
+    ]);
+    let span = tracer
+        .span_builder(format!("{op} {model}"))
+        .with_kind(SpanKind::Server)
+        .with_attributes(attributes)
+        .start_with_context(tracer, &parent);
+    Some(parent.with_span(span))
 }
 
-/// The span of one attempt on one node, a child of the request span (given explicitly:
-/// the routing future is not instrumented, which saves entering a span on every poll).
-pub fn attempt(parent: &Span, node: &Node, attempt: usize) -> Span {
-    if parent.is_none() {
-        return Span::none();
-    }
-    tracing::info_span!(
-        target: ATTEMPT,
-        parent: parent,
-        "attempt",
-        otel.name = %format_args!("attempt {}", node.name),
-        otel.kind = "client",
-        otel.status_code = Empty,
-        server.address = %node.target,
-        meshgate.node = %node.name,
-        meshgate.transport = node.transport_kind.as_str(),
-        meshgate.attempt = attempt,
-        meshgate.time_to_first_token_ms = Empty,
-        http.response.status_code = Empty,
-        error.type = Empty,
-    )
+/// The span of one attempt on one node, a child of the request span.
+pub fn attempt(parent: &Context, node: &Node, attempt: usize) -> Option<Context> {
+    let tracer = TRACER.get()?;
+    let mut attributes = Vec::with_capacity(10);
+    attributes.extend([
+        KeyValue::new("server.address", node.target.clone()),
+        KeyValue::new("meshgate.node", StringValue::from(node.name.clone())),
+        KeyValue::new("meshgate.transport", node.transport_kind.as_str()),
+        KeyValue::new("meshgate.attempt", attempt as i64),
+    ]);
+    let span = tracer
+        .span_builder(format!("attempt {}", node.name))
+        .with_kind(SpanKind::Client)
+        .with_attributes(attributes)
+        .start_with_context(tracer, parent);
+    Some(parent.with_span(span))
 }
 
-/// Put `span`'s context into `headers` as `traceparent`/`tracestate`, replacing what the
-/// client sent: the node's spans are then children of meshgate's attempt. Without
+/// Put the span's context into `headers` as `traceparent`/`tracestate`, replacing what
+/// the client sent: the node's spans are then children of meshgate's attempt. Without
 /// tracing the client's headers pass through unchanged.
-pub fn inject(span: &Span, headers: &mut HeaderMap) {
-    if span.is_none() {
-        return;
-    }
-    let cx = span.context();
-    TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
+pub fn inject(cx: &Context, headers: &mut HeaderMap) {
+    TraceContextPropagator::new().inject_context(cx, &mut HeaderInjector(headers));
 }
 
 /// Mark a span failed with an error type (an OpenAI error code, or the HTTP status).
-pub fn fail(span: &Span, error_type: &str) {
-    span.record("otel.status_code", "ERROR");
-    span.record("error.type", error_type);
+pub fn fail(span: &SpanRef<'_>, error_type: &'static str) {
+    span.set_status(Status::error(error_type));
+    span.set_attribute(KeyValue::new("error.type", error_type));
+}
+
+/// Mark a span succeeded.
+pub fn ok(span: &SpanRef<'_>) {
+    span.set_status(Status::Ok);
 }
