@@ -501,13 +501,12 @@ impl Config {
             ));
         }
         if let Some(endpoint) = &self.telemetry.otlp_endpoint {
-            if !endpoint.starts_with("http://") && !endpoint.starts_with("https://")
-                || endpoint.parse::<http::Uri>().is_err()
-            {
+            if !endpoint.starts_with("http://") || endpoint.parse::<http::Uri>().is_err() {
                 return Err(invalid(
                     "telemetry.otlp_endpoint".into(),
                     &format!(
-                        "`{endpoint}` is not an http:// URL (OTLP/HTTP, e.g. http://127.0.0.1:4318)"
+                        "`{endpoint}` is not an http:// URL (OTLP/HTTP, e.g. http://127.0.0.1:4318; \
+                         for a remote collector over TLS, run a local OpenTelemetry Collector)"
                     ),
                 ));
             }
@@ -793,6 +792,10 @@ mod tests {
             ),
             (
                 "[telemetry]\notlp_endpoint = \"localhost:4318\"\n",
+                "telemetry.otlp_endpoint",
+            ),
+            (
+                "[telemetry]\notlp_endpoint = \"https://collector.example:4318\"\n",
                 "telemetry.otlp_endpoint",
             ),
             (

@@ -1,7 +1,8 @@
 //! OpenTelemetry traces: a request that fails over is exported over OTLP/HTTP to an
 //! in-process receiver as one server span with two attempt spans under it, continuing
-//! the client's `traceparent`; each node receives meshgate's attempt as its parent; no
-//! key and no prompt text in any attribute.
+//! the client's `traceparent`; each node receives meshgate's attempt as its parent, over
+//! the SSH transports too; SSH connects and reconnects are spans; no key and no prompt
+//! text in any attribute.
 //!
 //! The only test in this binary: tracing is a process-wide subscriber.
 
@@ -15,7 +16,9 @@ use axum::routing;
 use bytes::Bytes;
 use common::*;
 use http::StatusCode;
-use meshgate::config::{KeyConfig, TelemetryConfig};
+use meshgate::config::{KeyConfig, TelemetryConfig, TransportKind};
+use meshgate::telemetry::Telemetry;
+use meshgate_transports::ssh::testing::{SshdOptions, TempDir, TestSshd};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind};
@@ -129,8 +132,37 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Flushes the exporter until the spans that `keep` accepts are `enough`.
+async fn spans_where(
+    received: &Mutex<Received>,
+    telemetry: &Arc<Telemetry>,
+    keep: impl Fn(&Span) -> bool,
+    enough: impl Fn(&[Span]) -> bool,
+) -> Vec<Span> {
+    let mut spans = Vec::new();
+    for _ in 0..200 {
+        let flush = Arc::clone(telemetry);
+        tokio::task::spawn_blocking(move || flush.flush())
+            .await
+            .unwrap();
+        spans = received
+            .lock()
+            .unwrap()
+            .spans
+            .iter()
+            .filter(|s| keep(s))
+            .cloned()
+            .collect();
+        if enough(&spans) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    spans
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_over_request_is_one_trace_with_an_attempt_span_per_node() {
+async fn requests_and_ssh_connections_are_exported_as_spans() {
     let (collector, received) = otlp_receiver().await;
     let telemetry = meshgate::telemetry::init(&TelemetryConfig {
         otlp_endpoint: Some(collector),
@@ -139,7 +171,17 @@ async fn a_failed_over_request_is_one_trace_with_an_attempt_span_per_node() {
     })
     .expect("telemetry starts");
     assert!(meshgate::telemetry::tracing_on());
+    let telemetry = Arc::new(telemetry);
 
+    a_failed_over_request_is_one_trace_with_an_attempt_span_per_node(&received, &telemetry).await;
+    ssh_transports_carry_the_trace_and_connections_are_spans(&received, &telemetry).await;
+    no_key_and_no_prompt_in_any_span(&received.lock().unwrap());
+}
+
+async fn a_failed_over_request_is_one_trace_with_an_attempt_span_per_node(
+    received: &Mutex<Received>,
+    telemetry: &Arc<Telemetry>,
+) {
     let (sick_url, sick_seen) = recording_node(StatusCode::SERVICE_UNAVAILABLE).await;
     let (good_url, good_seen) = recording_node(StatusCode::OK).await;
     let mut config = probe_once(config_for(&[("sick", sick_url), ("good", good_url)]));
@@ -170,36 +212,14 @@ async fn a_failed_over_request_is_one_trace_with_an_attempt_span_per_node() {
         .await
         .unwrap();
 
-    // Spans end when the answer has been relayed; `check` exports and reads them.
-    check(received, sick_seen, good_seen, telemetry).await;
-}
-
-async fn check(
-    received: Arc<Mutex<Received>>,
-    sick_seen: Arc<Mutex<Vec<String>>>,
-    good_seen: Arc<Mutex<Vec<String>>>,
-    telemetry: meshgate::telemetry::Telemetry,
-) {
-    let telemetry = Arc::new(telemetry);
-    let mut spans = Vec::new();
-    for _ in 0..200 {
-        let flush = Arc::clone(&telemetry);
-        tokio::task::spawn_blocking(move || flush.flush())
-            .await
-            .unwrap();
-        spans = received
-            .lock()
-            .unwrap()
-            .spans
-            .iter()
-            .filter(|s| hex(&s.trace_id) == TRACE_ID)
-            .cloned()
-            .collect();
-        if spans.len() >= 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Spans end when the answer has been relayed.
+    let spans = spans_where(
+        received,
+        telemetry,
+        |s| hex(&s.trace_id) == TRACE_ID,
+        |spans| spans.len() >= 3,
+    )
+    .await;
     let by_name: HashMap<&str, &Span> = spans.iter().map(|s| (s.name.as_str(), s)).collect();
     let names: Vec<&str> = by_name.keys().copied().collect();
 
@@ -256,9 +276,133 @@ async fn check(
         good_tp,
         vec![format!("00-{TRACE_ID}-{}-01", hex(&good.span_id))]
     );
+}
 
-    // Neither the key nor the prompt is in any attribute of any span.
-    let received = received.lock().unwrap();
+/// A request over each SSH transport continues the client's trace and the node gets
+/// meshgate's attempt as its parent; connecting and reconnecting are `ssh connect` and
+/// `ssh reconnect` spans naming the alias.
+async fn ssh_transports_carry_the_trace_and_connections_are_spans(
+    received: &Mutex<Received>,
+    telemetry: &Arc<Telemetry>,
+) {
+    // A home without shell rc files: exec runs curl through the login shell.
+    let home = TempDir::new("meshgate-test-home");
+    let sshd = TestSshd::start(SshdOptions {
+        sshd_config: vec![format!("SetEnv HOME={}", home.path().display())],
+        ..SshdOptions::default()
+    })
+    .await;
+    std::fs::write(
+        &sshd.ssh_config,
+        sshd.host_block("fwd") + &sshd.host_block("exe"),
+    )
+    .unwrap();
+
+    let mut gateways = Vec::new();
+    for (alias, transport, trace_id) in [
+        (
+            "fwd",
+            TransportKind::Forward,
+            "0af7651916cd43dd8448eb211c80319c",
+        ),
+        (
+            "exe",
+            TransportKind::Exec,
+            "5b8efff798038103d269b633813fc60c",
+        ),
+    ] {
+        let (url, seen) = recording_node(StatusCode::OK).await;
+        let mut config = probe_once(config_for(&[(alias, url.clone())]));
+        config.ssh.config = Some(sshd.ssh_config.clone());
+        let node = &mut config.nodes[0];
+        node.transport = transport;
+        node.url = None;
+        node.ssh = Some(alias.into());
+        node.port = url.rsplit(':').next().unwrap().parse().unwrap();
+        let gw = gateway(config).await;
+
+        let body = json!({"model": "llama3.2", "messages": [{"role": "user", "content": PROMPT}]});
+        let request = http::Request::post(gw.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .header("traceparent", format!("00-{trace_id}-{CLIENT_SPAN}-01"))
+            .body(http_body_util::Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        let response = client().request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{alias}");
+        http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap();
+
+        let spans = spans_where(
+            received,
+            telemetry,
+            |s| hex(&s.trace_id) == trace_id,
+            |spans| spans.len() >= 2,
+        )
+        .await;
+        let attempt = spans
+            .iter()
+            .find(|s| s.name == format!("attempt {alias}"))
+            .unwrap_or_else(|| panic!("{alias}: {spans:?}"));
+        assert_eq!(
+            attr(&attempt.attributes, "meshgate.transport").as_deref(),
+            Some(transport.as_str())
+        );
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![format!("00-{trace_id}-{}-01", hex(&attempt.span_id))],
+            "{alias}: the node gets the attempt as its parent"
+        );
+        gateways.push(gw);
+    }
+
+    // Crash both SSH connections: each node's session reconnects on its own.
+    assert!(sshd.kill_connections() > 0);
+    let reconnected = |spans: &[Span], alias: &str| {
+        spans.iter().any(|s| {
+            s.name == "ssh reconnect"
+                && attr(&s.attributes, "ssh.host_alias").as_deref() == Some(alias)
+        })
+    };
+    let ssh_spans = spans_where(
+        received,
+        telemetry,
+        |s| s.name.starts_with("ssh "),
+        |spans| reconnected(spans, "fwd") && reconnected(spans, "exe"),
+    )
+    .await;
+    for alias in ["fwd", "exe"] {
+        for name in ["ssh connect", "ssh reconnect"] {
+            let span = ssh_spans
+                .iter()
+                .find(|s| {
+                    s.name == name
+                        && attr(&s.attributes, "ssh.host_alias").as_deref() == Some(alias)
+                })
+                .unwrap_or_else(|| panic!("no {name} span for {alias} in {ssh_spans:?}"));
+            assert_eq!(span.kind, SpanKind::Client as i32);
+            let a = |key: &str| attr(&span.attributes, key);
+            assert_eq!(a("server.address").as_deref(), Some("127.0.0.1"));
+            assert_eq!(a("server.port"), Some(sshd.port().to_string()));
+            assert!(
+                span.attributes.iter().any(|kv| kv.key == "server.port"
+                    && matches!(
+                        kv.value.as_ref().and_then(|v| v.value.as_ref()),
+                        Some(any_value::Value::IntValue(_))
+                    )),
+                "server.port is an integer: {span:?}"
+            );
+            assert_eq!(
+                a("ssh.reconnect").as_deref(),
+                Some((name == "ssh reconnect").to_string().as_str())
+            );
+            assert!(a("error.type").is_none(), "{span:?}");
+        }
+    }
+}
+
+/// Neither the key nor the prompt is in any attribute of any span.
+fn no_key_and_no_prompt_in_any_span(received: &Received) {
     assert!(
         received
             .service_names

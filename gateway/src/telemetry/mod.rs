@@ -7,13 +7,13 @@
 //! [`crate::metrics`], fed by the [`observe`] layer and scraped on `/metrics`.
 
 pub mod observe;
+pub mod otlp;
 pub mod spans;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tracing::Level;
@@ -82,6 +82,7 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, String> {
             .with_tracked_inactivity(false)
             .with_location(false)
             .with_threads(false)
+            .with_target(false)
             .with_filter(Targets::new().with_target("meshgate_transports", Level::INFO))
     });
     if tracing_subscriber::registry()
@@ -104,18 +105,7 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, String> {
 }
 
 fn provider(endpoint: &str, config: &TelemetryConfig) -> Result<SdkTracerProvider, String> {
-    let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
-    let client = opentelemetry_http::hyper::HyperClient::with_default_connector(
-        Duration::from_secs(10),
-        None,
-    );
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .with_http_client(client)
-        .with_protocol(Protocol::HttpBinary)
-        .with_endpoint(url)
-        .build()
-        .map_err(|e| format!("telemetry.otlp_endpoint: {e}"))?;
+    let exporter = otlp::OtlpExporter::new(endpoint, Duration::from_secs(10))?;
     let processor =
         opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
             exporter,

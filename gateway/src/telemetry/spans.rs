@@ -9,11 +9,10 @@
 
 use std::sync::{Arc, OnceLock};
 
-use http::HeaderMap;
-use opentelemetry::propagation::TextMapPropagator;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{SpanKind, SpanRef, Status, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue, StringValue};
-use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracer;
 
@@ -49,7 +48,7 @@ pub fn request(
     let tracer = TRACER.get().filter(|_| tracing_on())?;
     let op = operation_name(operation);
     let parent = if headers.contains_key("traceparent") {
-        TraceContextPropagator::new().extract(&HeaderExtractor(headers))
+        TraceContextPropagator::new().extract(&Headers(headers))
     } else {
         Context::new()
     };
@@ -96,7 +95,7 @@ pub fn attempt(parent: &Context, node: &Node, attempt: usize) -> Option<Context>
 /// the client sent: the node's spans are then children of meshgate's attempt. Without
 /// tracing the client's headers pass through unchanged.
 pub fn inject(cx: &Context, headers: &mut HeaderMap) {
-    TraceContextPropagator::new().inject_context(cx, &mut HeaderInjector(headers));
+    TraceContextPropagator::new().inject_context(cx, &mut HeadersMut(headers));
 }
 
 /// Mark a span failed with an error type (an OpenAI error code, or the HTTP status).
@@ -108,4 +107,31 @@ pub fn fail(span: &SpanRef<'_>, error_type: &'static str) {
 /// Mark a span succeeded.
 pub fn ok(span: &SpanRef<'_>) {
     span.set_status(Status::Ok);
+}
+
+/// Request headers as the propagator reads them.
+struct Headers<'a>(&'a HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key)?.to_str().ok()
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(HeaderName::as_str).collect()
+    }
+}
+
+/// Node-bound headers as the propagator writes them.
+struct HeadersMut<'a>(&'a mut HeaderMap);
+
+impl Injector for HeadersMut<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(key.as_bytes()),
+            HeaderValue::try_from(value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
 }

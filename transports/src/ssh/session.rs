@@ -734,9 +734,10 @@ async fn run(shared: Arc<Shared>) {
             otel.status_code = tracing::field::Empty,
             error.type = tracing::field::Empty,
             server.address = %target.host,
-            server.port = target.port,
+            // Signed: the OpenTelemetry bridge exports unsigned integers as text.
+            server.port = i64::from(target.port),
             ssh.host_alias = %target.alias,
-            ssh.attempt = attempt,
+            ssh.attempt = i64::from(attempt),
             ssh.reconnect = reconnect,
         );
         let connecting = tracing::Instrument::instrument(connect(target, options), span.clone());
