@@ -23,9 +23,10 @@ use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use meshgate::config::{Config, NodeConfig};
 use meshgate::errors::GatewayError;
-use meshgate::http::relay::{Meter, SseRelay};
+use meshgate::http::relay::SseRelay;
 use meshgate::layers::balance::Balance;
 use meshgate::nodes::{Found, Nodes, Probe};
+use meshgate::telemetry::observe::Meter;
 use meshgate_proto::openai::ChatCompletionRequest;
 use meshgate_transports::{Kind, Phase, TransportError};
 

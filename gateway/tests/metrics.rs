@@ -5,10 +5,13 @@
 mod common;
 
 use bytes::Bytes;
+use common::grpc::{chat as grpc_chat, inference};
+use common::openai_only::OpenAiOnly;
 use common::*;
 use http::StatusCode;
 use meshgate::config::KeyConfig;
 use prometheus_parse::{Scrape, Value};
+use tonic::Code;
 
 const APP_KEY: &str = "sk-metrics-app-secret-42";
 const OPS_KEY: &str = "sk-metrics-ops-secret-43";
@@ -286,4 +289,137 @@ async fn public_metrics_need_no_key_and_unknown_models_do_not_make_labels() {
         .sum();
     assert_eq!(unknown, 3.0);
     assert_eq!(get(&gw.url("/status.json")).await.status, StatusCode::OK);
+}
+
+/// NDJSON lines of an Ollama answer, sent with `key`.
+async fn ollama_lines(
+    gw: &TestGateway,
+    key: &str,
+    model: &str,
+    stream: bool,
+) -> Vec<serde_json::Value> {
+    let body = serde_json::json!({"model": model, "stream": stream,
+        "messages": [{"role": "user", "content": PROMPT}]})
+    .to_string();
+    let reply = send_with_key(&gw.url("/api/chat"), key, Some(body)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    String::from_utf8(reply.body.to_vec())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn authorized<T>(message: T, key: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    request
+}
+
+/// gRPC and Ollama answers, whole and streamed, from a node that speaks Ollama and one
+/// that does not, book the tokens their clients were told about, end the request when
+/// the stream ends, and are charged to the key's token budget like REST's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_and_ollama_answers_book_tokens_and_charge_the_key() {
+    let native = sim("native", &["llama3.2"]).await;
+    let plain_sim = sim("plain", &["qwen2.5"]).await;
+    let plain = OpenAiOnly::start(&plain_sim.url()).await;
+    let mut config = probe_once(config_for(&[
+        ("native", native.url()),
+        ("plain", plain.url.clone()),
+    ]));
+    let mut budgeted = key("budgeted", "sk-metrics-budget-44", None);
+    budgeted.tokens_per_minute = Some(10);
+    config.keys = vec![
+        key("app", APP_KEY, None),
+        key("ops", OPS_KEY, None),
+        budgeted,
+    ];
+    let gw = gateway(config).await;
+    assert!(gw.nodes.list[0].speaks_ollama() && !gw.nodes.list[1].speaks_ollama());
+    let mut grpc = inference(gw.addr);
+    let (mut input, mut output) = (0, 0);
+
+    let reply = grpc
+        .chat_completion(authorized(grpc_chat("llama3.2"), APP_KEY))
+        .await
+        .unwrap()
+        .into_inner();
+    let usage = reply.usage.unwrap();
+    input += usage.prompt_tokens;
+    output += usage.completion_tokens;
+
+    let mut request = grpc_chat("llama3.2");
+    request.include_usage = Some(true);
+    let mut stream = grpc
+        .stream_chat_completion(authorized(request, APP_KEY))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    while let Some(chunk) = stream.message().await.unwrap() {
+        last = Some(chunk);
+    }
+    let usage = last.unwrap().usage.unwrap();
+    input += usage.prompt_tokens;
+    output += usage.completion_tokens;
+
+    // Ollama's counters, from the node itself (native) or made from OpenAI usage.
+    for model in ["llama3.2", "qwen2.5"] {
+        for stream in [false, true] {
+            let lines = ollama_lines(&gw, APP_KEY, model, stream).await;
+            let done = lines.last().unwrap();
+            assert_eq!(done["done"], true, "{model} {stream}: {lines:?}");
+            input += done["prompt_eval_count"].as_u64().unwrap() as u32;
+            output += done["eval_count"].as_u64().unwrap() as u32;
+        }
+    }
+    assert!(input > 0 && output >= 30, "{input} {output}");
+
+    let after = scrape(&gw).await;
+    let m = |name: &str, labels: &[(&str, &str)]| after.get(name, labels);
+    assert_eq!(
+        m("meshgate_tokens_total", &[("type", "input")]),
+        f64::from(input)
+    );
+    assert_eq!(
+        m("meshgate_tokens_total", &[("type", "output")]),
+        f64::from(output)
+    );
+    // Each request ended (streams included) and was booked once, with its node.
+    assert_eq!(
+        m(
+            "meshgate_requests_total",
+            &[("node", "native"), ("status", "200")]
+        ),
+        4.0
+    );
+    assert_eq!(
+        m(
+            "meshgate_requests_total",
+            &[("node", "plain"), ("status", "200")]
+        ),
+        2.0
+    );
+    assert_eq!(m("meshgate_request_duration_seconds_count", &[]), 6.0);
+
+    // A budget of 10 tokens: a gRPC answer (7) and an Ollama one (7) leave the key in
+    // debt, so the next call on either front is refused.
+    let budget_key = "sk-metrics-budget-44";
+    grpc.chat_completion(authorized(grpc_chat("llama3.2"), budget_key))
+        .await
+        .expect("within the budget");
+    ollama_lines(&gw, budget_key, "llama3.2", false).await;
+    let refused = grpc
+        .chat_completion(authorized(grpc_chat("llama3.2"), budget_key))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    let body = serde_json::json!({"model": "llama3.2", "stream": false,
+        "messages": [{"role": "user", "content": PROMPT}]})
+    .to_string();
+    let refused = send_with_key(&gw.url("/api/chat"), budget_key, Some(body)).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
 }

@@ -3,6 +3,7 @@
 //! way, before any node sees it), routes it, and turns the node's answer back.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use meshgate_proto::openai;
 use meshgate_proto::v1::{
@@ -22,6 +23,8 @@ use crate::errors::GatewayError;
 use crate::http::extract::parse;
 use crate::http::relay::read_whole;
 use crate::request::{GatewayRequest, Inbound, Operation, Routed};
+use crate::telemetry::observe::{Meter, Tokens};
+use tokio::time::Instant;
 
 #[derive(Clone)]
 pub struct GrpcFront {
@@ -67,17 +70,23 @@ impl GrpcFront {
         convert: impl FnOnce(Value) -> Result<T, convert::NotAnObject>,
     ) -> Result<Response<T>, Status> {
         let Routed { node, response, .. } = routed;
-        let (parts, body) = response.into_parts();
+        let (mut parts, body) = response.into_parts();
+        let meter = Meter::take(&mut parts.extensions);
+        let reading = Instant::now();
         let bytes = read_whole(&node, body, self.app.limits.max_response_bytes)
             .await
-            .map_err(|e| e.to_status())?;
+            .map_err(|e| failed(&meter, e))?;
+        meter.ready(reading.elapsed());
         if !parts.status.is_success() {
             return Err(GatewayError::from_node_answer(&node, parts.status, &bytes).to_status());
         }
-        let message = serde_json::from_slice(&bytes)
-            .map_err(|e| e.to_string())
-            .and_then(|json| convert(json).map_err(|e| e.to_string()))
-            .map_err(|e| GatewayError::bad_node_answer(&node, e).to_status())?;
+        let json: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| failed(&meter, GatewayError::bad_node_answer(&node, e)))?;
+        if let Some(tokens) = Tokens::from_usage(&json) {
+            meter.tokens(tokens);
+        }
+        let message =
+            convert(json).map_err(|e| failed(&meter, GatewayError::bad_node_answer(&node, e)))?;
         Ok(with_node(Response::new(message), &node))
     }
 
@@ -88,11 +97,12 @@ impl GrpcFront {
         convert: fn(Value) -> Result<T, convert::NotAnObject>,
     ) -> Result<Response<Messages<T>>, Status> {
         let Routed { node, response, .. } = routed;
-        let (parts, body) = response.into_parts();
+        let (mut parts, body) = response.into_parts();
+        let meter = Meter::take(&mut parts.extensions);
         if !parts.status.is_success() {
             let bytes = read_whole(&node, body, self.app.limits.max_response_bytes)
                 .await
-                .map_err(|e| e.to_status())?;
+                .map_err(|e| failed(&meter, e))?;
             return Err(GatewayError::from_node_answer(&node, parts.status, &bytes).to_status());
         }
         let is_sse = parts
@@ -101,17 +111,23 @@ impl GrpcFront {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|ct| ct.starts_with("text/event-stream"));
         if !is_sse {
-            return Err(GatewayError::bad_node_answer(
-                &node,
-                "asked for a stream, got no event stream",
-            )
-            .to_status());
+            return Err(failed(
+                &meter,
+                GatewayError::bad_node_answer(&node, "asked for a stream, got no event stream"),
+            ));
         }
+        meter.ready(Duration::ZERO);
         Ok(with_node(
-            Response::new(sse_messages(Arc::clone(&node), body, convert)),
+            Response::new(sse_messages(Arc::clone(&node), body, convert, meter)),
             &node,
         ))
     }
+}
+
+/// Book a failure after routing on the request's meter; the client gets its status.
+fn failed(meter: &Meter, error: GatewayError) -> Status {
+    meter.failed(&error);
+    error.to_status()
 }
 
 /// The client's metadata (as HTTP headers) and the request's extensions, which carry

@@ -15,6 +15,7 @@ use serde_json::Value;
 use tonic::Status;
 
 use crate::errors::GatewayError;
+use crate::telemetry::observe::{Meter, StreamTokens};
 
 /// The message stream an RPC answers with.
 pub type Messages<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -24,18 +25,24 @@ struct State<T> {
     body: Body,
     decoder: SseDecoder,
     convert: fn(Value) -> Result<T, NotAnObject>,
+    /// Held until the stream ends, which ends the request's span and metrics.
+    meter: Meter,
+    tokens: StreamTokens,
 }
 
 pub fn sse_messages<T: Send + 'static>(
     node: Arc<str>,
     body: Body,
     convert: fn(Value) -> Result<T, NotAnObject>,
+    meter: Meter,
 ) -> Messages<T> {
     let state = State {
         node,
         body,
         decoder: SseDecoder::new(),
         convert,
+        meter,
+        tokens: StreamTokens::default(),
     };
     Box::pin(futures_util::stream::unfold(
         Some(state),
@@ -44,9 +51,10 @@ pub fn sse_messages<T: Send + 'static>(
             loop {
                 if let Some(data) = state.decoder.next_event() {
                     if data.trim() == "[DONE]" {
+                        state.tokens.done(&state.meter);
                         return None;
                     }
-                    return match event(&state, &data) {
+                    return match event(&mut state, &data) {
                         Ok(message) => Some((Ok(message), Some(state))),
                         Err(status) => Some((Err(status), None)),
                     };
@@ -63,7 +71,7 @@ pub fn sse_messages<T: Send + 'static>(
                             source,
                         };
                         tracing::warn!(error = %error, "stream failed after it started");
-                        return Some((Err(error.to_status()), None));
+                        return Some((Err(failed(&state, error)), None));
                     }
                     None => {
                         let error = GatewayError::Upstream {
@@ -74,7 +82,7 @@ pub fn sse_messages<T: Send + 'static>(
                                 "the stream ended without [DONE]",
                             ),
                         };
-                        return Some((Err(error.to_status()), None));
+                        return Some((Err(failed(&state, error)), None));
                     }
                 }
             }
@@ -82,10 +90,19 @@ pub fn sse_messages<T: Send + 'static>(
     ))
 }
 
+/// Book a failure on the request's meter; the stream ends with its status.
+fn failed<T>(state: &State<T>, error: GatewayError) -> Status {
+    state.meter.failed(&error);
+    error.to_status()
+}
+
 /// One event's message, or the status that ends the stream.
-fn event<T>(state: &State<T>, data: &str) -> Result<T, Status> {
+fn event<T>(state: &mut State<T>, data: &str) -> Result<T, Status> {
     let json: Value = serde_json::from_str(data).map_err(|e| {
-        GatewayError::bad_node_answer(&state.node, format!("an event is not JSON: {e}")).to_status()
+        failed(
+            state,
+            GatewayError::bad_node_answer(&state.node, format!("an event is not JSON: {e}")),
+        )
     })?;
     if let Some(error) = json.get("error") {
         // The node reported a failure in-band, after the stream started.
@@ -98,7 +115,8 @@ fn event<T>(state: &State<T>, data: &str) -> Result<T, Status> {
             node: state.node.to_string(),
             source: TransportError::new(Phase::Body, Kind::Protocol, message),
         };
-        return Err(error.to_status());
+        return Err(failed(state, error));
     }
-    (state.convert)(json).map_err(|e| GatewayError::bad_node_answer(&state.node, e).to_status())
+    state.tokens.chunk(&json);
+    (state.convert)(json).map_err(|e| failed(state, GatewayError::bad_node_answer(&state.node, e)))
 }

@@ -54,9 +54,8 @@ pub async fn embeddings(
 
 async fn route(app: AppState, request: GatewayRequest) -> Result<Response, GatewayError> {
     let stream = request.stream;
-    let meter = relay::Meter::for_request(&request.extensions);
     let routed = app.routing.oneshot(request).await?;
-    relay::relay(routed, stream, app.limits.max_response_bytes, meter).await
+    relay::relay(routed, stream, app.limits.max_response_bytes).await
 }
 
 pub async fn list_models(State(app): State<AppState>) -> Json<ModelList> {

@@ -17,62 +17,13 @@ use meshgate_transports::TransportError;
 use pin_project_lite::pin_project;
 
 use crate::errors::GatewayError;
-use crate::layers::auth::Caller;
 use crate::request::Routed;
-use crate::telemetry::observe::{Observed, Tokens};
+use crate::telemetry::observe::{Meter, Tokens};
 use meshgate_proto::openai::Usage;
 use std::time::Duration;
 use tokio::time::Instant;
 
 pub const NODE_HEADER: HeaderName = HeaderName::from_static("x-meshgate-node");
-
-/// Where the tokens an answer used are booked: the caller's token budget, if it has one,
-/// and the request's observation (metrics, span), if it is observed. Without either,
-/// relaying never looks inside the answer.
-#[derive(Clone, Default)]
-pub struct Meter {
-    caller: Option<Caller>,
-    observed: Option<Observed>,
-}
-
-impl Meter {
-    pub fn for_request(extensions: &http::Extensions) -> Self {
-        Self {
-            caller: extensions
-                .get::<Caller>()
-                .filter(|c| c.0.tokens.is_some())
-                .cloned(),
-            observed: None,
-        }
-    }
-
-    fn is_active(&self) -> bool {
-        self.caller.is_some() || self.observed.is_some()
-    }
-
-    /// Book an answer's tokens: `total` on the caller's budget, input and output on the
-    /// observation.
-    fn charge(&self, total: u32, tokens: Tokens) {
-        if let Some(budget) = self.caller.as_ref().and_then(|c| c.0.tokens.as_ref()) {
-            budget.charge(total);
-        }
-        if let Some(Observed(observation)) = &self.observed {
-            observation.tokens(tokens);
-        }
-    }
-
-    fn ready(&self, body_wait: Duration) {
-        if let Some(Observed(observation)) = &self.observed {
-            observation.ready(body_wait);
-        }
-    }
-
-    fn failed(&self, error: &GatewayError) {
-        if let Some(Observed(observation)) = &self.observed {
-            observation.failed(error);
-        }
-    }
-}
 
 #[derive(serde::Deserialize)]
 struct WithUsage {
@@ -104,16 +55,13 @@ impl StreamUsage {
     }
 
     fn charge(&self, meter: &Meter) {
-        match &self.reported {
-            Some(usage) => meter.charge(usage.total_tokens, tokens(usage)),
-            None => meter.charge(
-                self.chunks,
-                Tokens {
-                    input: 0,
-                    output: self.chunks,
-                },
-            ),
-        }
+        meter.tokens(match &self.reported {
+            Some(usage) => tokens(usage),
+            None => Tokens {
+                input: 0,
+                output: self.chunks,
+            },
+        });
     }
 }
 
@@ -141,12 +89,10 @@ pub async fn relay(
     routed: Routed,
     stream: bool,
     max_bytes: usize,
-    meter: Meter,
 ) -> Result<Response, GatewayError> {
     let Routed { node, response, .. } = routed;
     let (mut parts, body) = response.into_parts();
-    let mut meter = meter;
-    meter.observed = parts.extensions.remove::<Observed>();
+    let meter = Meter::take(&mut parts.extensions);
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::CONTENT_LENGTH);
     if let Ok(value) = HeaderValue::try_from(node.as_ref()) {
@@ -175,7 +121,7 @@ pub async fn relay(
     let body_wait = reading.elapsed();
     if meter.is_active() {
         if let Ok(WithUsage { usage: Some(usage) }) = serde_json::from_slice(&bytes) {
-            meter.charge(usage.total_tokens, tokens(&usage));
+            meter.tokens(tokens(&usage));
         }
     }
     meter.ready(body_wait);

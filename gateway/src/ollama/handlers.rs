@@ -24,6 +24,7 @@ use crate::http::extract::Checked;
 use crate::http::relay::{NODE_HEADER, read_whole};
 use crate::nodes::{Node, Nodes};
 use crate::request::{Dialect, GatewayRequest, Inbound, Operation, Routed};
+use crate::telemetry::observe::{Meter, Tokens};
 
 /// The Ollama API level this surface implements, for clients that check it.
 const OLLAMA_VERSION: &str = "0.9.0";
@@ -99,19 +100,37 @@ async fn infer(
         response,
     } = app.routing.clone().oneshot(request).await?;
     let (mut parts, body) = response.into_parts();
+    let meter = Meter::take(&mut parts.extensions);
     let max = app.limits.max_response_bytes;
     let ok = parts.status.is_success();
+    let read = async |body| {
+        let reading = Instant::now();
+        let bytes = read_whole(&node, body, max)
+            .await
+            .inspect_err(|e| meter.failed(e))?;
+        meter.ready(reading.elapsed());
+        Ok::<_, GatewayError>(bytes)
+    };
     let mut response = match (dialect, ok, stream) {
         (Dialect::Ollama, true, true) => {
-            let mut r = axum::body::Body::from_stream(stream::native(Arc::clone(&node), body))
-                .into_response();
+            meter.ready(Duration::ZERO);
+            let lines = stream::native(Arc::clone(&node), body, meter);
+            let mut r = axum::body::Body::from_stream(lines).into_response();
             r.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
             r
         }
         // The node's own answer or its own Ollama-shaped error, whole.
         (Dialect::Ollama, _, _) => {
-            let bytes = read_whole(&node, body, max).await?;
+            let bytes = read(body).await?;
+            if ok && meter.is_active() {
+                let tokens = serde_json::from_slice(&bytes)
+                    .ok()
+                    .and_then(|json| Tokens::from_ollama(&json));
+                if let Some(tokens) = tokens {
+                    meter.tokens(tokens);
+                }
+            }
             parts.headers.remove(header::CONTENT_LENGTH);
             let mut r = (parts.status, bytes).into_response();
             if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
@@ -120,25 +139,26 @@ async fn infer(
             r
         }
         (Dialect::OpenAi, false, _) => {
-            let bytes = read_whole(&node, body, max).await?;
+            let bytes = read(body).await?;
             return Err(GatewayError::from_node_answer(&node, parts.status, &bytes).into());
         }
         (Dialect::OpenAi, true, true) => {
+            meter.ready(Duration::ZERO);
             let translator = Translator::new(operation, model, started);
-            let mut r = axum::body::Body::from_stream(stream::translated(
-                Arc::clone(&node),
-                body,
-                translator,
-            ))
-            .into_response();
+            let lines = stream::translated(Arc::clone(&node), body, translator, meter);
+            let mut r = axum::body::Body::from_stream(lines).into_response();
             r.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
             r
         }
         (Dialect::OpenAi, true, false) => {
-            let bytes = read_whole(&node, body, max).await?;
+            let bytes = read(body).await?;
             let json: Value = serde_json::from_slice(&bytes)
-                .map_err(|e| GatewayError::bad_node_answer(&node, e))?;
+                .map_err(|e| GatewayError::bad_node_answer(&node, e))
+                .inspect_err(|e| meter.failed(e))?;
+            if let Some(tokens) = Tokens::from_usage(&json) {
+                meter.tokens(tokens);
+            }
             let mut translator = Translator::new(operation, model, started);
             Json(translator.whole(&json)).into_response()
         }

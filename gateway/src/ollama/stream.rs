@@ -15,12 +15,14 @@ use serde_json::Value;
 
 use super::translate::Translator;
 use crate::errors::GatewayError;
+use crate::telemetry::observe::{Meter, StreamTokens, Tokens};
 
 type Lines = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, Infallible>> + Send>>;
 
-/// Ollama's in-band error line.
-pub fn error_line(error: &GatewayError) -> Bytes {
+/// Ollama's in-band error line, for a failure booked on the request's meter.
+fn error_line(error: &GatewayError, meter: &Meter) -> Bytes {
     tracing::warn!(error = %error, "stream failed after it started");
+    meter.failed(error);
     let mut line =
         serde_json::to_vec(&serde_json::json!({ "error": error.to_string() })).unwrap_or_default();
     line.push(b'\n');
@@ -33,17 +35,28 @@ fn json_line(value: &Value) -> Bytes {
     line.into()
 }
 
+/// The tokens the last line of a native stream (`"done":true`) reports.
+fn native_tokens(lines: &[u8]) -> Option<Tokens> {
+    let last = lines
+        .split(|&b| b == b'\n')
+        .rfind(|line| line.windows(11).any(|w| w == b"\"done\":true"))?;
+    Tokens::from_ollama(&serde_json::from_slice(last).ok()?)
+}
+
 /// A native Ollama stream, passed on in whole lines as they arrive.
-pub fn native(node: Arc<str>, body: Body) -> Lines {
+pub fn native(node: Arc<str>, body: Body, meter: Meter) -> Lines {
     struct State {
         node: Arc<str>,
         body: Body,
         partial: BytesMut,
+        /// Held until the stream ends, which ends the request's span and metrics.
+        meter: Meter,
     }
     let state = State {
         node,
         body,
         partial: BytesMut::new(),
+        meter,
     };
     Box::pin(futures_util::stream::unfold(
         Some(state),
@@ -58,6 +71,11 @@ pub fn native(node: Arc<str>, body: Body) -> Lines {
                         s.partial.extend_from_slice(&data);
                         if let Some(end) = s.partial.iter().rposition(|&b| b == b'\n') {
                             let lines = s.partial.split_to(end + 1).freeze();
+                            if s.meter.is_active() {
+                                if let Some(tokens) = native_tokens(&lines) {
+                                    s.meter.tokens(tokens);
+                                }
+                            }
                             return Some((Ok(lines), Some(s)));
                         }
                     }
@@ -67,7 +85,7 @@ pub fn native(node: Arc<str>, body: Body) -> Lines {
                             node: s.node.to_string(),
                             source,
                         };
-                        return Some((Ok(error_line(&error)), None));
+                        return Some((Ok(error_line(&error, &s.meter)), None));
                     }
                     None if s.partial.is_empty() => return None,
                     None => {
@@ -83,18 +101,23 @@ pub fn native(node: Arc<str>, body: Body) -> Lines {
 
 /// A node's OpenAI SSE stream as Ollama lines, ending with the `done: true` line on
 /// `[DONE]`, or an error line when the stream fails or ends without `[DONE]`.
-pub fn translated(node: Arc<str>, body: Body, translator: Translator) -> Lines {
+pub fn translated(node: Arc<str>, body: Body, translator: Translator, meter: Meter) -> Lines {
     struct State {
         node: Arc<str>,
         body: Body,
         decoder: SseDecoder,
         translator: Translator,
+        /// Held until the stream ends, which ends the request's span and metrics.
+        meter: Meter,
+        tokens: StreamTokens,
     }
     let state = State {
         node,
         body,
         decoder: SseDecoder::new(),
         translator,
+        meter,
+        tokens: StreamTokens::default(),
     };
     Box::pin(futures_util::stream::unfold(
         Some(state),
@@ -103,6 +126,7 @@ pub fn translated(node: Arc<str>, body: Body, translator: Translator) -> Lines {
             loop {
                 while let Some(data) = s.decoder.next_event() {
                     if data.trim() == "[DONE]" {
+                        s.tokens.done(&s.meter);
                         let done = json_line(&s.translator.done());
                         return Some((Ok(done), None));
                     }
@@ -113,7 +137,7 @@ pub fn translated(node: Arc<str>, body: Body, translator: Translator) -> Lines {
                                 &s.node,
                                 format!("an event is not JSON: {e}"),
                             );
-                            return Some((Ok(error_line(&error)), None));
+                            return Some((Ok(error_line(&error, &s.meter)), None));
                         }
                     };
                     if let Some(error) = json.get("error") {
@@ -123,8 +147,9 @@ pub fn translated(node: Arc<str>, body: Body, translator: Translator) -> Lines {
                             .or_else(|| error.as_str())
                             .unwrap_or("the node reported an error mid-stream");
                         let error = GatewayError::bad_node_answer(&s.node, message);
-                        return Some((Ok(error_line(&error)), None));
+                        return Some((Ok(error_line(&error, &s.meter)), None));
                     }
+                    s.tokens.chunk(&json);
                     if let Some(line) = s.translator.chunk(&json) {
                         return Some((Ok(json_line(&line)), Some(s)));
                     }
@@ -140,7 +165,7 @@ pub fn translated(node: Arc<str>, body: Body, translator: Translator) -> Lines {
                             node: s.node.to_string(),
                             source,
                         };
-                        return Some((Ok(error_line(&error)), None));
+                        return Some((Ok(error_line(&error, &s.meter)), None));
                     }
                     None => {
                         let error = GatewayError::Upstream {
@@ -151,7 +176,7 @@ pub fn translated(node: Arc<str>, body: Body, translator: Translator) -> Lines {
                                 "the stream ended without [DONE]",
                             ),
                         };
-                        return Some((Ok(error_line(&error)), None));
+                        return Some((Ok(error_line(&error, &s.meter)), None));
                     }
                 }
             }

@@ -4,9 +4,9 @@
 //!   and status, and meshgate's rate-limit refusals.
 //! - [`Observe`] (top of the routing stack, whatever the front): opens the request span,
 //!   and puts an [`Observation`] into the request (attempts add to it) and then into the
-//!   response (the relay adds tokens and when the answer was ready). The observation
-//!   books the request's metrics and closes its span when the last holder drops it —
-//!   at the end of the answer, stream included.
+//!   response, where each front takes it as a [`Meter`] and books the answer's tokens and
+//!   when it was ready. The observation books the request's metrics and closes its span
+//!   when the last holder drops it — at the end of the answer, stream included.
 //! - [`send`] (one attempt on one node): the attempt span, `traceparent` for the node,
 //!   time waiting on the node, outcome per node.
 
@@ -47,10 +47,78 @@ pub struct Tokens {
     pub output: u32,
 }
 
+impl Tokens {
+    /// The `usage` an OpenAI-shaped answer or stream chunk reports.
+    pub fn from_usage(json: &serde_json::Value) -> Option<Tokens> {
+        let usage = json.get("usage").filter(|u| u.is_object())?;
+        Some(Tokens {
+            input: count(usage, "prompt_tokens"),
+            output: count(usage, "completion_tokens"),
+        })
+    }
+
+    /// What an Ollama answer (or the last line of its stream) reports.
+    pub fn from_ollama(json: &serde_json::Value) -> Option<Tokens> {
+        json.get("prompt_eval_count")?;
+        Some(Tokens {
+            input: count(json, "prompt_eval_count"),
+            output: count(json, "eval_count"),
+        })
+    }
+}
+
+fn count(json: &serde_json::Value, key: &str) -> u32 {
+    json.get(key)
+        .and_then(serde_json::Value::as_u64)
+        .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+/// The tokens of a stream of OpenAI-shaped chunks, as they are parsed: the node's usage
+/// report if it sent one (the last, if several), else one per chunk with text (clients
+/// that do not ask for usage must not stream for free).
+#[derive(Default)]
+pub struct StreamTokens {
+    reported: Option<Tokens>,
+    chunks: u32,
+}
+
+impl StreamTokens {
+    pub fn chunk(&mut self, json: &serde_json::Value) {
+        if let Some(tokens) = Tokens::from_usage(json) {
+            self.reported = Some(tokens);
+        } else if has_text(json) {
+            self.chunks += 1;
+        }
+    }
+
+    /// The stream ended with `[DONE]`: book its tokens.
+    pub fn done(&self, meter: &Meter) {
+        meter.tokens(self.reported.unwrap_or(Tokens {
+            input: 0,
+            output: self.chunks,
+        }));
+    }
+}
+
+/// Whether a chunk carries generated text (the first, role-only chunk does not).
+fn has_text(json: &serde_json::Value) -> bool {
+    let Some(choice) = json.get("choices").and_then(|c| c.get(0)) else {
+        return false;
+    };
+    let text = choice
+        .get("delta")
+        .and_then(|d| d.get("content"))
+        .or_else(|| choice.get("text"));
+    text.and_then(serde_json::Value::as_str)
+        .is_some_and(|t| !t.is_empty())
+}
+
 /// One request's record, shared by the request (attempts add node time), the response
 /// and the relay. Booked when dropped.
 pub struct Observation {
     metrics: Arc<Metrics>,
+    /// The caller, when its key has a token budget the answer's tokens are charged to.
+    budget: Option<Caller>,
     /// The request span, when tracing is on.
     span: Option<TraceContext>,
     arrived: Instant,
@@ -73,36 +141,67 @@ struct End {
     ttft: Option<Duration>,
 }
 
+impl Observation {
+    fn lock(&self) -> std::sync::MutexGuard<'_, End> {
+        self.end.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// The observation in request and response extensions.
 #[derive(Clone)]
 pub struct Observed(pub Arc<Observation>);
 
-impl Observation {
-    /// The answer's tokens, as the relay found them.
-    pub fn tokens(&self, tokens: Tokens) {
-        self.lock().tokens = Some(tokens);
+/// What a front books about the answer it relays, whatever its protocol: the tokens
+/// used (on the request's metrics and span, and on the caller's token budget), when
+/// the answer was ready, a failure after routing. Holding it keeps the request open:
+/// a stream's meter lives as long as the stream. Inert when the request is not
+/// observed (the bare stack, which has no keys either).
+#[derive(Clone, Default)]
+pub struct Meter(Option<Arc<Observation>>);
+
+impl Meter {
+    /// The meter of a routed answer, taken out of its response's extensions.
+    pub fn take(extensions: &mut http::Extensions) -> Self {
+        Self(extensions.remove::<Observed>().map(|o| o.0))
     }
 
-    /// The response is ready to go to the client; `body_wait` is time spent reading the
+    /// Whether the answer's tokens are wanted (else nobody needs to look for them).
+    pub fn is_active(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// The answer used `tokens`.
+    pub fn tokens(&self, tokens: Tokens) {
+        let Some(observation) = &self.0 else { return };
+        if let Some(budget) = observation
+            .budget
+            .as_ref()
+            .and_then(|c| c.0.tokens.as_ref())
+        {
+            budget.charge(tokens.input.saturating_add(tokens.output));
+        }
+        observation.lock().tokens = Some(tokens);
+    }
+
+    /// The answer is ready to go to the client; `body_wait` is time spent reading the
     /// node's body after its first byte (a whole answer), which is node time.
     pub fn ready(&self, body_wait: Duration) {
-        self.node_wait
+        let Some(observation) = &self.0 else { return };
+        observation
+            .node_wait
             .fetch_add(body_wait.as_nanos() as u64, Ordering::Relaxed);
-        self.lock().ready = Some(Instant::now());
+        observation.lock().ready = Some(Instant::now());
     }
 
-    /// The answer failed after routing (cut mid-stream, too large, ...).
+    /// The answer failed after routing (cut mid-stream, too large, not understood...).
     pub fn failed(&self, error: &GatewayError) {
-        let mut end = self.lock();
+        let Some(observation) = &self.0 else { return };
+        let mut end = observation.lock();
         end.status = Some(error.class().status);
         end.error = Some(error.class().code.unwrap_or("error"));
         if let Some(node) = error.node() {
-            self.metrics.node_error(node, error.to_string());
+            observation.metrics.node_error(node, error.to_string());
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, End> {
-        self.end.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -270,8 +369,14 @@ where
         } else {
             Name(Arc::from("unknown"))
         };
+        let budget = request
+            .extensions
+            .get::<Caller>()
+            .filter(|c| c.0.tokens.is_some())
+            .cloned();
         let observation = Arc::new(Observation {
             metrics: Arc::clone(&self.layer.metrics),
+            budget,
             span,
             arrived,
             operation: request.operation,
