@@ -146,7 +146,8 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "requests",
-            "Routed requests by operation, model, the node that answered, and status",
+            "Routed requests by operation, model, the node that answered, and status \
+             (499: the client left before an answer)",
             requests.clone(),
         );
         let duration = Family::<OperationLabels, Histogram>::new_with_constructor(

@@ -423,3 +423,45 @@ async fn grpc_and_ollama_answers_book_tokens_and_charge_the_key() {
     let refused = send_with_key(&gw.url("/api/chat"), budget_key, Some(body)).await;
     assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
 }
+
+/// A client that leaves before its answer is booked as 499, not as a success or a
+/// node failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_early_is_booked_as_499() {
+    let slow = sim_with("slow", 5_000, 0).await;
+    let mut config = config_for(&[("slow", slow.url())]);
+    config.telemetry.public = true;
+    let gw = gateway(config).await;
+
+    let gone = tokio::time::timeout(
+        std::time::Duration::from_millis(200),
+        post(&gw.url("/v1/chat/completions"), chat(PROMPT)),
+    )
+    .await;
+    assert!(gone.is_err(), "the node answers after 5 s");
+    let booked = |text: &str| {
+        let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == "meshgate_requests_total")
+            .map(|s| {
+                (
+                    s.labels.get("status").unwrap_or("-").to_owned(),
+                    s.value.clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        let text = String::from_utf8(get(&gw.url("/metrics")).await.body.to_vec()).unwrap();
+        seen = booked(&text);
+        if !seen.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].0, "499", "{seen:?}");
+}

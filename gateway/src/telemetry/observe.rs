@@ -211,7 +211,9 @@ impl Drop for Observation {
         let end = std::mem::take(&mut *self.lock());
         let m = &self.metrics;
         let op = spans::operation_name(self.operation);
-        let status = end.status.map_or(0, |s| s.as_u16());
+        // No answer and no error: the client went away while the request was routed
+        // (499, as nginx books it).
+        let status = end.status.map_or(CLIENT_CLOSED, |s| s.as_u16());
         let node = end.node.clone().unwrap_or_else(|| Arc::from(""));
         m.requests
             .get_or_create(&RequestLabels {
@@ -296,6 +298,9 @@ impl Drop for Observation {
         }
     }
 }
+
+/// The status label of a request whose client left before it was answered.
+const CLIENT_CLOSED: u16 = 499;
 
 fn itoa(status: u16) -> &'static str {
     match status {
