@@ -32,7 +32,7 @@ pub async fn check(config: &Config) -> Result<Vec<NodeReport>, String> {
         NodeReport {
             name: node.name.to_string(),
             transport: node.transport_kind.as_str(),
-            target: node.target.clone(),
+            target: node.target.to_string(),
             priority: node.priority,
             probe: probe(node, config.discovery.timeout).await,
             ssh,

@@ -72,8 +72,9 @@ pub struct Node {
     pub name: Arc<str>,
     pub priority: u32,
     pub transport_kind: TransportKind,
-    /// Where the node is, for operators: a URL or an SSH alias.
-    pub target: String,
+    /// Where the node is, for operators (and `server.address` on attempt spans): a URL
+    /// or an SSH alias.
+    pub target: Arc<str>,
     pub transport: BoxTransport,
     /// SSH nodes: the connections their transport runs over (one for forward; exec
     /// spreads curl runs over several because of sshd's MaxSessions).
@@ -139,7 +140,7 @@ impl Node {
             name: config.name.as_str().into(),
             priority: config.priority,
             transport_kind: config.transport,
-            target,
+            target: target.into(),
             transport,
             ssh_sessions,
             timeouts,

@@ -111,7 +111,7 @@ pub fn status(nodes: &Nodes, metrics: &Metrics) -> Status {
                 name: n.name.to_string(),
                 tier: n.priority,
                 transport: n.transport_kind.as_str(),
-                target: n.target.clone(),
+                target: n.target.to_string(),
                 state: health.as_str(),
                 reason,
                 models,
