@@ -18,7 +18,8 @@
 //! the time waiting on nodes — for every attempt, from handing the request to the
 //! transport (connect included) until the first body byte; plus, for a whole answer,
 //! reading the rest of its body. Waiting in a node's queue for a concurrency slot counts
-//! as meshgate's time.
+//! as meshgate's time. A request whose client left before the answer (status 499) adds
+//! no sample: the attempt it cut short never booked its wait.
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt::Write as _;

@@ -464,4 +464,11 @@ async fn a_client_that_leaves_early_is_booked_as_499() {
     }
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(seen[0].0, "499", "{seen:?}");
+    // Not an overhead sample: the time waited on the node was never booked.
+    let text = String::from_utf8(get(&gw.url("/metrics")).await.body.to_vec()).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l == "meshgate_overhead_seconds_count 0"),
+        "{text}"
+    );
 }

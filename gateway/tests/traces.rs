@@ -175,6 +175,7 @@ async fn requests_and_ssh_connections_are_exported_as_spans() {
 
     a_failed_over_request_is_one_trace_with_an_attempt_span_per_node(&received, &telemetry).await;
     ssh_transports_carry_the_trace_and_connections_are_spans(&received, &telemetry).await;
+    a_client_that_leaves_early_ends_its_span_as_client_closed(&received, &telemetry).await;
     no_key_and_no_prompt_in_any_span(&received.lock().unwrap());
 }
 
@@ -399,6 +400,52 @@ async fn ssh_transports_carry_the_trace_and_connections_are_spans(
             assert!(a("error.type").is_none(), "{span:?}");
         }
     }
+}
+
+/// A request whose client leaves before the node answers still ends its span: failed,
+/// as `client_closed`, with no response status.
+async fn a_client_that_leaves_early_ends_its_span_as_client_closed(
+    received: &Mutex<Received>,
+    telemetry: &Arc<Telemetry>,
+) {
+    const LEFT: &str = "9d0cf2f7c1bd4d64a0b2b6a7b7e0c0a1";
+    let slow = sim_with("slow", 5_000, 0).await;
+    let gw = gateway(config_for(&[("slow", slow.url())])).await;
+    let request = http::Request::post(gw.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("traceparent", format!("00-{LEFT}-{CLIENT_SPAN}-01"))
+        .body(http_body_util::Full::new(Bytes::from(chat_body(
+            "llama3.2", false,
+        ))))
+        .unwrap();
+    let gone = tokio::time::timeout(Duration::from_millis(200), client().request(request)).await;
+    assert!(gone.is_err(), "the node answers after 5 s");
+
+    let spans = spans_where(
+        received,
+        telemetry,
+        |s| hex(&s.trace_id) == LEFT && s.kind == SpanKind::Server as i32,
+        |spans| !spans.is_empty(),
+    )
+    .await;
+    let span = spans.first().expect("the request span ends");
+    let a = |key: &str| attr(&span.attributes, key);
+    assert_eq!(
+        a("error.type").as_deref(),
+        Some("client_closed"),
+        "{span:?}"
+    );
+    assert_eq!(a("http.response.status_code"), None);
+    assert_eq!(
+        a("meshgate.overhead_ms"),
+        None,
+        "unknown: the node wait was cut short"
+    );
+    assert_eq!(
+        span.status.as_ref().map(|s| s.code),
+        Some(2),
+        "status ERROR"
+    );
 }
 
 /// Neither the key nor the prompt is in any attribute of any span.

@@ -235,8 +235,11 @@ impl Drop for Observation {
             .unwrap_or(now)
             .saturating_duration_since(self.arrived);
         let waited = Duration::from_nanos(self.node_wait.load(Ordering::Relaxed));
-        let overhead = until_ready.saturating_sub(waited);
-        m.overhead.observe(overhead.as_secs_f64());
+        // Unknown when the client left mid-attempt: that wait was never booked.
+        let overhead = (status != CLIENT_CLOSED).then(|| until_ready.saturating_sub(waited));
+        if let Some(overhead) = overhead {
+            m.overhead.observe(overhead.as_secs_f64());
+        }
         let attempts = self.attempts.load(Ordering::Relaxed);
         if attempts > 1 {
             m.failovers.inc_by(u64::from(attempts - 1));
@@ -263,10 +266,12 @@ impl Drop for Observation {
                 span.set_attribute(KeyValue::new("meshgate.node", StringValue::from(node)));
             }
             span.set_attribute(KeyValue::new("meshgate.attempts", i64::from(attempts)));
-            span.set_attribute(KeyValue::new(
-                "meshgate.overhead_ms",
-                overhead.as_secs_f64() * 1e3,
-            ));
+            if let Some(overhead) = overhead {
+                span.set_attribute(KeyValue::new(
+                    "meshgate.overhead_ms",
+                    overhead.as_secs_f64() * 1e3,
+                ));
+            }
             if let Some(ttft) = end.ttft {
                 span.set_attribute(KeyValue::new(
                     "meshgate.time_to_first_token_ms",
@@ -283,7 +288,7 @@ impl Drop for Observation {
                     i64::from(tokens.output),
                 ));
             }
-            if status != 0 {
+            if status != CLIENT_CLOSED {
                 span.set_attribute(KeyValue::new(
                     "http.response.status_code",
                     i64::from(status),
@@ -291,6 +296,7 @@ impl Drop for Observation {
             }
             match end.error {
                 Some(code) => spans::fail(&span, code),
+                None if status == CLIENT_CLOSED => spans::fail(&span, "client_closed"),
                 None if status >= 500 => spans::fail(&span, itoa(status)),
                 None => spans::ok(&span),
             }
