@@ -32,8 +32,12 @@ async fn load(url: &str, workers: usize, per_worker: usize) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_node_receives_measurably_less_traffic() {
-    let fast = sim_with("fast", 5, 0).await;
-    let slow = sim_with("slow", 80, 0).await;
+    // Both start at the default estimate, so the first requests in flight together
+    // spread over both; from the first answer on, the fast node's estimate wins. The
+    // fast node's 20 ms leaves the concurrent first picks room on a busy machine (at 5 ms
+    // a late second worker found the slow node already outscored).
+    let fast = sim_with("fast", 20, 0).await;
+    let slow = sim_with("slow", 200, 0).await;
     let gw = gateway(tiered(&[("fast", &fast, 1), ("slow", &slow, 1)])).await;
 
     let served = load(&gw.url("/v1/chat/completions"), 4, 30).await;
