@@ -1,6 +1,7 @@
 //! The OpenAI-compatible REST front: routes, and the adapters from HTTP requests onto
 //! the one internal [`GatewayRequest`](crate::request::GatewayRequest).
 
+pub mod events;
 pub mod extract;
 pub(crate) mod openai;
 pub mod relay;

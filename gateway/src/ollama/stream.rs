@@ -7,22 +7,20 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt, future};
 use http_body_util::BodyExt;
-use meshgate_proto::sse::SseDecoder;
-use meshgate_transports::{Body, Kind, Phase, TransportError};
+use meshgate_transports::Body;
 use serde_json::Value;
 
 use super::translate::Translator;
 use crate::errors::GatewayError;
-use crate::telemetry::observe::{Meter, StreamTokens, Tokens};
+use crate::http::events::{Event, events};
+use crate::telemetry::observe::{Meter, Tokens};
 
 type Lines = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, Infallible>> + Send>>;
 
-/// Ollama's in-band error line, for a failure booked on the request's meter.
-fn error_line(error: &GatewayError, meter: &Meter) -> Bytes {
-    tracing::warn!(error = %error, "stream failed after it started");
-    meter.failed(error);
+/// Ollama's in-band error line.
+fn error_line(error: &GatewayError) -> Bytes {
     let mut line =
         serde_json::to_vec(&serde_json::json!({ "error": error.to_string() })).unwrap_or_default();
     line.push(b'\n');
@@ -85,7 +83,9 @@ pub fn native(node: Arc<str>, body: Body, meter: Meter) -> Lines {
                             node: s.node.to_string(),
                             source,
                         };
-                        return Some((Ok(error_line(&error, &s.meter)), None));
+                        tracing::warn!(error = %error, "stream failed after it started");
+                        s.meter.failed(&error);
+                        return Some((Ok(error_line(&error)), None));
                     }
                     None if s.partial.is_empty() => return None,
                     None => {
@@ -101,85 +101,12 @@ pub fn native(node: Arc<str>, body: Body, meter: Meter) -> Lines {
 
 /// A node's OpenAI SSE stream as Ollama lines, ending with the `done: true` line on
 /// `[DONE]`, or an error line when the stream fails or ends without `[DONE]`.
-pub fn translated(node: Arc<str>, body: Body, translator: Translator, meter: Meter) -> Lines {
-    struct State {
-        node: Arc<str>,
-        body: Body,
-        decoder: SseDecoder,
-        translator: Translator,
-        /// Held until the stream ends, which ends the request's span and metrics.
-        meter: Meter,
-        tokens: StreamTokens,
-    }
-    let state = State {
-        node,
-        body,
-        decoder: SseDecoder::new(),
-        translator,
-        meter,
-        tokens: StreamTokens::default(),
-    };
-    Box::pin(futures_util::stream::unfold(
-        Some(state),
-        |state| async move {
-            let mut s = state?;
-            loop {
-                while let Some(data) = s.decoder.next_event() {
-                    if data.trim() == "[DONE]" {
-                        s.tokens.done(&s.meter);
-                        let done = json_line(&s.translator.done());
-                        return Some((Ok(done), None));
-                    }
-                    let json: Value = match serde_json::from_str(&data) {
-                        Ok(json) => json,
-                        Err(e) => {
-                            let error = GatewayError::bad_node_answer(
-                                &s.node,
-                                format!("an event is not JSON: {e}"),
-                            );
-                            return Some((Ok(error_line(&error, &s.meter)), None));
-                        }
-                    };
-                    if let Some(error) = json.get("error") {
-                        let message = error
-                            .get("message")
-                            .and_then(Value::as_str)
-                            .or_else(|| error.as_str())
-                            .unwrap_or("the node reported an error mid-stream");
-                        let error = GatewayError::bad_node_answer(&s.node, message);
-                        return Some((Ok(error_line(&error, &s.meter)), None));
-                    }
-                    s.tokens.chunk(&json);
-                    if let Some(line) = s.translator.chunk(&json) {
-                        return Some((Ok(json_line(&line)), Some(s)));
-                    }
-                }
-                match s.body.frame().await {
-                    Some(Ok(frame)) => {
-                        if let Ok(data) = frame.into_data() {
-                            s.decoder.push(&data);
-                        }
-                    }
-                    Some(Err(source)) => {
-                        let error = GatewayError::Upstream {
-                            node: s.node.to_string(),
-                            source,
-                        };
-                        return Some((Ok(error_line(&error, &s.meter)), None));
-                    }
-                    None => {
-                        let error = GatewayError::Upstream {
-                            node: s.node.to_string(),
-                            source: TransportError::new(
-                                Phase::Body,
-                                Kind::Protocol,
-                                "the stream ended without [DONE]",
-                            ),
-                        };
-                        return Some((Ok(error_line(&error, &s.meter)), None));
-                    }
-                }
-            }
-        },
-    ))
+pub fn translated(node: Arc<str>, body: Body, mut translator: Translator, meter: Meter) -> Lines {
+    Box::pin(events(node, body, meter).filter_map(move |event| {
+        future::ready(match event {
+            Ok(Event::Chunk(json)) => translator.chunk(&json).map(|line| Ok(json_line(&line))),
+            Ok(Event::Done) => Some(Ok(json_line(&translator.done()))),
+            Err(error) => Some(Ok(error_line(&error))),
+        })
+    }))
 }
