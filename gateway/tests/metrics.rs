@@ -439,36 +439,31 @@ async fn a_client_that_leaves_early_is_booked_as_499() {
     )
     .await;
     assert!(gone.is_err(), "the node answers after 5 s");
-    let booked = |text: &str| {
-        let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
-        scrape
-            .samples
-            .iter()
-            .filter(|s| s.metric == "meshgate_requests_total")
-            .map(|s| {
-                (
-                    s.labels.get("status").unwrap_or("-").to_owned(),
-                    s.value.clone(),
-                )
-            })
-            .collect::<Vec<_>>()
-    };
-    let mut seen = Vec::new();
+    let mut after = scrape(&gw).await;
     for _ in 0..100 {
-        let text = String::from_utf8(get(&gw.url("/metrics")).await.body.to_vec()).unwrap();
-        seen = booked(&text);
-        if !seen.is_empty() {
+        if after.get("meshgate_requests_total", &[]) > 0.0 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        after = scrape(&gw).await;
     }
-    assert_eq!(seen.len(), 1, "{seen:?}");
-    assert_eq!(seen[0].0, "499", "{seen:?}");
-    // Not an overhead sample: the time waited on the node was never booked.
-    let text = String::from_utf8(get(&gw.url("/metrics")).await.body.to_vec()).unwrap();
-    assert!(
-        text.lines()
-            .any(|l| l == "meshgate_overhead_seconds_count 0"),
-        "{text}"
+    let m = |name: &str, labels: &[(&str, &str)]| after.get(name, labels);
+    assert_eq!(m("meshgate_requests_total", &[]), 1.0, "{}", after.text);
+    assert_eq!(
+        m("meshgate_requests_total", &[("status", "499")]),
+        1.0,
+        "{}",
+        after.text
     );
+    // Not an overhead sample: the time waited on the node was never booked.
+    assert!(
+        after
+            .scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "meshgate_overhead_seconds_count"),
+        "{}",
+        after.text
+    );
+    assert_eq!(m("meshgate_overhead_seconds_count", &[]), 0.0);
 }

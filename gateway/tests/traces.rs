@@ -132,6 +132,25 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A chat request with the secret prompt, continuing the client's span `CLIENT_SPAN` in
+/// trace `trace_id`, with `key` if given.
+fn traced_chat(
+    url: &str,
+    trace_id: &str,
+    key: Option<&str>,
+) -> http::Request<http_body_util::Full<Bytes>> {
+    let body = json!({"model": "llama3.2", "messages": [{"role": "user", "content": PROMPT}]});
+    let mut request = http::Request::post(url)
+        .header("content-type", "application/json")
+        .header("traceparent", format!("00-{trace_id}-{CLIENT_SPAN}-01"));
+    if let Some(key) = key {
+        request = request.header("authorization", format!("Bearer {key}"));
+    }
+    request
+        .body(http_body_util::Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
 /// Flushes the exporter until the spans that `keep` accepts are `enough`.
 async fn spans_where(
     received: &Mutex<Received>,
@@ -198,13 +217,7 @@ async fn a_failed_over_request_is_one_trace_with_an_attempt_span_per_node(
     }];
     let gw = gateway(config).await;
 
-    let body = json!({"model": "llama3.2", "messages": [{"role": "user", "content": PROMPT}]});
-    let request = http::Request::post(gw.url("/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .header("authorization", format!("Bearer {KEY}"))
-        .header("traceparent", format!("00-{TRACE_ID}-{CLIENT_SPAN}-01"))
-        .body(http_body_util::Full::new(Bytes::from(body.to_string())))
-        .unwrap();
+    let request = traced_chat(&gw.url("/v1/chat/completions"), TRACE_ID, Some(KEY));
     let response = client().request(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["x-meshgate-node"], "good");
@@ -322,12 +335,7 @@ async fn ssh_transports_carry_the_trace_and_connections_are_spans(
         node.port = url.rsplit(':').next().unwrap().parse().unwrap();
         let gw = gateway(config).await;
 
-        let body = json!({"model": "llama3.2", "messages": [{"role": "user", "content": PROMPT}]});
-        let request = http::Request::post(gw.url("/v1/chat/completions"))
-            .header("content-type", "application/json")
-            .header("traceparent", format!("00-{trace_id}-{CLIENT_SPAN}-01"))
-            .body(http_body_util::Full::new(Bytes::from(body.to_string())))
-            .unwrap();
+        let request = traced_chat(&gw.url("/v1/chat/completions"), trace_id, None);
         let response = client().request(request).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK, "{alias}");
         http_body_util::BodyExt::collect(response.into_body())
@@ -411,13 +419,7 @@ async fn a_client_that_leaves_early_ends_its_span_as_client_closed(
     const LEFT: &str = "9d0cf2f7c1bd4d64a0b2b6a7b7e0c0a1";
     let slow = sim_with("slow", 5_000, 0).await;
     let gw = gateway(config_for(&[("slow", slow.url())])).await;
-    let request = http::Request::post(gw.url("/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .header("traceparent", format!("00-{LEFT}-{CLIENT_SPAN}-01"))
-        .body(http_body_util::Full::new(Bytes::from(chat_body(
-            "llama3.2", false,
-        ))))
-        .unwrap();
+    let request = traced_chat(&gw.url("/v1/chat/completions"), LEFT, None);
     let gone = tokio::time::timeout(Duration::from_millis(200), client().request(request)).await;
     assert!(gone.is_err(), "the node answers after 5 s");
 

@@ -125,7 +125,7 @@ impl GrpcFront {
 }
 
 /// Book a failure after routing on the request's meter; the client gets its status.
-fn failed(meter: &Meter, error: GatewayError) -> Status {
+pub(super) fn failed(meter: &Meter, error: GatewayError) -> Status {
     meter.failed(&error);
     error.to_status()
 }

@@ -11,6 +11,7 @@ use meshgate_transports::Body;
 use serde_json::Value;
 use tonic::Status;
 
+use super::service::failed;
 use crate::errors::GatewayError;
 use crate::http::events::{Event, events};
 use crate::telemetry::observe::Meter;
@@ -27,11 +28,9 @@ pub fn sse_messages<T: Send + 'static>(
     let chunks = events(Arc::clone(&node), body, meter.clone());
     Box::pin(chunks.filter_map(move |event| {
         future::ready(match event {
-            Ok(Event::Chunk(json)) => Some(convert(json).map_err(|e| {
-                let error = GatewayError::bad_node_answer(&node, e);
-                meter.failed(&error);
-                error.to_status()
-            })),
+            Ok(Event::Chunk(json)) => Some(
+                convert(json).map_err(|e| failed(&meter, GatewayError::bad_node_answer(&node, e))),
+            ),
             Ok(Event::Done) => None,
             Err(error) => Some(Err(error.to_status())),
         })
