@@ -23,10 +23,10 @@ use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use meshgate::config::{Config, NodeConfig};
 use meshgate::errors::GatewayError;
-use meshgate::http::relay::SseRelay;
-use meshgate::layers::balance::Balance;
+use meshgate::fronts::openai::relay::SseRelay;
 use meshgate::nodes::{Found, Nodes, Probe};
-use meshgate::telemetry::observe::Meter;
+use meshgate::routing::{Attempt, Balance};
+use meshgate::telemetry::meter::Meter;
 use meshgate_proto::openai::ChatCompletionRequest;
 use meshgate_transports::{Kind, Phase, TransportError};
 
@@ -63,7 +63,7 @@ fn lease(c: &mut Criterion) {
     let mut group = c.benchmark_group("lease");
     for n in [3, 300] {
         let nodes = reachable_nodes(n);
-        let balance = Balance::new(nodes, &Config::default().routing);
+        let balance = Balance::new(Attempt, nodes, &Config::default().routing);
         group.bench_with_input(BenchmarkId::from_parameter(n), &balance, |b, balance| {
             b.iter(|| {
                 // A free node leases without awaiting anything.
@@ -123,7 +123,7 @@ fn parse(c: &mut Criterion) {
     c.bench_function("parse/chat_small", |b| {
         b.iter(|| {
             let request: ChatCompletionRequest =
-                meshgate::http::extract::parse(black_box(body)).expect("valid");
+                meshgate::fronts::body::parse(black_box(body)).expect("valid");
             black_box(request)
         });
     });

@@ -1,26 +1,35 @@
-//! The one place the gateway is assembled. A request passes, in order:
+//! The one place the gateway is assembled, front to node, in request order:
 //!
 //! ```text
-//! HTTP layers (every front on the listener):
-//!   set x-request-id ─► propagate it to the response ─► mark secrets sensitive ─► trace span
-//!   ─► catch panics (500 in OpenAI's shape) ─► auth (API key -> Caller) ─► rate limits
+//! edge (HTTP layers, every front on a listener):
+//!   set x-request-id ─► propagate it ─► count (arrival, route, status) ─► mark secrets
+//!   sensitive ─► trace span ─► catch panics ─► auth (API key -> Caller) ─► rate limits
 //!   (global, per key: requests and tokens) ─► body limit (413)
-//! front: REST handler validates the body and adapts it to one GatewayRequest
+//! fronts (one per API, onto one GatewayRequest): REST (OpenAI), gRPC, Ollama
 //! routing stack:
-//!   observe (request span, metrics) ─► authorize model for the caller ─► retry with failover (budgeted) ─► balance (model,
-//!   tiers, breaker, P2C over TTFT x in-flight, concurrency slots, bounded queue)
-//!   ─► node: transport, first-byte timeout, idle and total timeouts on the body
-//! relay: SSE event by event (in-band error if cut), or the whole body
-//! operator routes: /metrics, /status.json (behind the HTTP layers, or outside auth and
-//!   rate limits with `[telemetry] public`), /status (a page without data, always public)
+//!   observe (request span and record) ─► authorize model ─► failover (retry on another
+//!   node, budgeted) ─► balance (model, tiers, breaker, P2C, slots, bounded queue)
+//!   ─► attempt (translate for the node, attempt span, transport, first-byte timeout)
+//! the front relays the answer: SSE event by event (in-band error if cut), or whole
+//! operator routes: /metrics, /status.json (behind the edge, or public with
+//!   `[telemetry] public`), /status (a page without data, always public)
 //! ```
 //!
-//! The gRPC front (`grpc`) and the Ollama surface (`ollama`) are routes in the same
-//! router, behind the same layers, adapting onto the same routing service. Each can
-//! also have a listener of its own (`[grpc] listen`, `[ollama] listen`), with the
-//! same layers.
-//! Metrics are counted by an HTTP layer right after the request id (every response,
-//! refusals included) and by the observe layer (routed requests, per attempt, per node).
+//! What travels with a request besides its body, who sets it and who reads it:
+//!
+//! | value | where | set by | read by |
+//! |---|---|---|---|
+//! | [`Arrived`](crate::request::Arrived) | HTTP request extension | `edge::count` | fronts (into `GatewayRequest::arrived`) |
+//! | [`Caller`](crate::keys::Caller) | HTTP request extension | `edge::auth` | `edge::rate_limit`; fronts (into `GatewayRequest::caller`) |
+//! | [`LimitScope`](crate::errors::LimitScope) | HTTP response extension | `edge::rate_limit` (a refusal) | `edge::count` |
+//! | `GatewayRequest::caller` | field | fronts | `routing::authorize`, `routing::observe` (span, token budget) |
+//! | `GatewayRequest::arrived` | field | fronts | `routing::observe` (duration, overhead) |
+//! | `GatewayRequest::meter` | field | `routing::observe` | `routing::attempt` (node time, per-node metrics, span) |
+//! | `GatewayRequest::tried` | field | `routing::failover` | `routing::balance` (avoid), `routing::attempt` (number) |
+//! | `Routed::meter` | field | `routing::observe` | fronts (tokens, ready, late failure) |
+//!
+//! The gRPC front and the Ollama surface are routes in the same router, behind the same
+//! edge; each can also have a listener of its own (`[grpc] listen`, `[ollama] listen`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -33,49 +42,33 @@ use meshgate_proto::openai::ErrorEnvelope;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tower::ServiceBuilder;
+use tower::retry::RetryLayer;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::config::Config;
-use crate::errors::{GatewayError, json_error};
-use crate::layers::auth::{self, AuthorizeModel, Keys};
-use crate::layers::balance::Balance;
-use crate::layers::rate_limit::RateLimitLayer;
-use crate::layers::retry::Failover;
+use crate::edge::count::CountLayer;
+use crate::edge::{auth, rate_limit::RateLimitLayer};
+use crate::errors::render::json_error;
+use crate::fronts;
+use crate::keys::Keys;
 use crate::metrics::Metrics;
 use crate::nodes::{Nodes, spawn_discovery};
-use crate::request::{GatewayRequest, Routed};
+use crate::routing::{Attempt, AuthorizeModel, Balance, Failover, ObserveLayer};
+pub use crate::state::{AppState, Limits, RoutingService};
 use crate::status::{self, StatusState};
-use crate::telemetry::observe::{HttpLayer, ObserveLayer};
-
-/// The routing stack as the fronts see it.
-pub type RoutingService = tower::util::BoxCloneSyncService<GatewayRequest, Routed, GatewayError>;
 
 /// Which layers to assemble.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stack {
     /// Everything: the way meshgate serves.
     Full,
-    /// No auth, rate limits, model authorization or failover: only balance and relay.
-    /// For measuring what the layers cost (benchmarks), never for serving.
+    /// No counting, auth, rate limits, model authorization, observation or failover:
+    /// only balance and the node call. For measuring what the layers cost (benchmarks,
+    /// see `examples/bare.rs`), never for serving.
     Bare,
-}
-
-/// Size bounds the fronts enforce.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_request_bytes: usize,
-    pub max_response_bytes: usize,
-}
-
-/// What handlers share.
-#[derive(Clone)]
-pub struct AppState {
-    pub routing: RoutingService,
-    pub nodes: Arc<Nodes>,
-    pub limits: Limits,
 }
 
 /// A configured gateway: its router and the background discovery that keeps its view
@@ -113,18 +106,17 @@ impl Gateway {
         };
         let full = stack == Stack::Full;
         let metrics = Metrics::new(Arc::clone(&nodes));
-        let balance = Balance::new(Arc::clone(&nodes), &config.routing);
+        let failover = Failover::new(&config.retry).with_nodes(Arc::clone(&nodes));
+        let node_call = Balance::new(Attempt, Arc::clone(&nodes), &config.routing);
         let routing = match stack {
             Stack::Full => RoutingService::new(
                 ServiceBuilder::new()
                     .layer(ObserveLayer::new(Arc::clone(&metrics), Arc::clone(&nodes)))
                     .layer(AuthorizeModel::layer())
-                    .layer(tower::retry::RetryLayer::new(
-                        Failover::new(&config.retry).with_nodes(Arc::clone(&nodes)),
-                    ))
-                    .service(balance),
+                    .layer(RetryLayer::new(failover))
+                    .service(node_call),
             ),
-            Stack::Bare => RoutingService::new(balance),
+            Stack::Bare => RoutingService::new(node_call),
         };
         let state = AppState {
             routing,
@@ -132,12 +124,12 @@ impl Gateway {
             limits,
         };
 
-        let (grpc, grpc_health) = crate::grpc::routes(state.clone());
-        let ollama = crate::ollama::routes(state.clone());
+        let (grpc, grpc_health) = fronts::grpc::routes(state.clone());
+        let ollama = fronts::ollama::routes(state.clone());
         let layers = ServiceBuilder::new()
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
             .layer(PropagateRequestIdLayer::x_request_id())
-            .option_layer(full.then(|| HttpLayer::new(Arc::clone(&metrics))))
+            .option_layer(full.then(|| CountLayer::new(Arc::clone(&metrics))))
             .layer(SetSensitiveRequestHeadersLayer::new([
                 AUTHORIZATION,
                 HeaderName::from_static("x-api-key"),
@@ -153,9 +145,9 @@ impl Gateway {
             .layer(DefaultBodyLimit::max(limits.max_request_bytes));
         let grpc_router = grpc
             .clone()
-            .fallback(crate::http::openai::unknown_route)
+            .fallback(fronts::openai::unknown_route)
             .layer(layers.clone());
-        let ollama_router = crate::ollama::standalone(state.clone()).layer(layers.clone());
+        let ollama_router = fronts::ollama::standalone(state.clone()).layer(layers.clone());
         // Operator data (/metrics, /status.json) sits behind keys and limits unless
         // [telemetry] public says otherwise; the status page itself holds no data.
         let operator = status::data_routes(StatusState {
@@ -163,7 +155,7 @@ impl Gateway {
             metrics: Arc::clone(&metrics),
         });
         let public = config.telemetry.public;
-        let mut router = crate::http::routes(state).merge(grpc).merge(ollama);
+        let mut router = fronts::openai::routes(state).merge(grpc).merge(ollama);
         if !public {
             router = router.merge(operator.clone());
         }

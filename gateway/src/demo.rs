@@ -208,7 +208,7 @@ async fn stream_once(addr: SocketAddr) -> anyhow::Result<String> {
     );
     let node = response
         .headers()
-        .get(crate::http::relay::NODE_HEADER)
+        .get(crate::fronts::NODE_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("?")
         .to_owned();

@@ -1,5 +1,11 @@
 //! meshgate: one OpenAI-compatible endpoint in front of the LLM servers a team runs on
-//! several machines. See `app` for the request pipeline, top to bottom.
+//! several machines. See `app` for the request path, front to node, top to bottom.
+//!
+//! Modules, from the top down (each imports only from those below it):
+//! `app` (assembly) ─► `fronts` (REST, gRPC, Ollama) and `status` ─► `state` ─►
+//! `edge` (HTTP layers) and `routing` (observe, authorize, failover, balance, attempt)
+//! ─► `translate`, `request` ─► `telemetry`, `metrics` ─► `nodes` ─► `keys`, `limits`,
+//! `errors`, `operation`, `config`.
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -7,16 +13,20 @@ pub mod check;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod edge;
 pub mod errors;
-pub mod grpc;
-pub mod http;
-pub mod layers;
+pub mod fronts;
+pub mod keys;
+pub mod limits;
 pub mod metrics;
 pub mod nodes;
-pub mod ollama;
+pub mod operation;
 pub mod request;
+pub mod routing;
+pub mod state;
 pub mod status;
 pub mod telemetry;
+pub mod translate;
 
 pub use app::Gateway;
 pub use config::Config;

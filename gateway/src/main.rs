@@ -34,9 +34,6 @@ enum Command {
         /// Override [server] listen.
         #[arg(long)]
         listen: Option<SocketAddr>,
-        /// Benchmarks only: skip auth, rate limits and failover, to measure their cost.
-        #[arg(long, hide = true)]
-        bare: bool,
     },
     /// Probe every configured node once and print what works; exits non-zero if no node is usable.
     Check {
@@ -72,23 +69,14 @@ fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve {
-            config,
-            listen,
-            bare,
-        } => {
+        Command::Serve { config, listen } => {
             let mut config = load_config(config)?;
             if let Some(listen) = listen {
                 config.server.listen = listen;
                 config.validate()?;
             }
             let _telemetry = telemetry::init(&config.telemetry).map_err(anyhow::Error::msg)?;
-            let stack = if bare {
-                app::Stack::Bare
-            } else {
-                app::Stack::Full
-            };
-            let gateway = Gateway::build(&config, stack).map_err(anyhow::Error::msg)?;
+            let gateway = Gateway::new(&config).map_err(anyhow::Error::msg)?;
             let listener = tokio::net::TcpListener::bind(config.server.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.server.listen))?;
@@ -115,7 +103,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut random = [0u8; 24];
             std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut random)?;
             let key = format!("mg-{}", hex::encode(random));
-            let digest = hex::encode(meshgate::layers::auth::sha256(key.as_bytes()));
+            let digest = hex::encode(meshgate::keys::sha256(key.as_bytes()));
             println!("key (give this to the client; it is not stored anywhere):\n  {key}\n");
             println!("for meshgate.toml:\n[[keys]]\nname = \"{name}\"\nsha256 = \"{digest}\"");
             Ok(ExitCode::SUCCESS)
@@ -125,10 +113,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             std::io::stdin().read_line(&mut key)?;
             let key = key.trim_end_matches(['\r', '\n']);
             anyhow::ensure!(!key.is_empty(), "no key on standard input");
-            println!(
-                "{}",
-                hex::encode(meshgate::layers::auth::sha256(key.as_bytes()))
-            );
+            println!("{}", hex::encode(meshgate::keys::sha256(key.as_bytes())));
             Ok(ExitCode::SUCCESS)
         }
         #[cfg(feature = "demo")]

@@ -5,7 +5,7 @@
 //! gateway owns its registry, so tests can run several gateways in one process.
 //!
 //! Two kinds of numbers:
-//! - per request, recorded once when a request ends (see [`crate::telemetry::observe`]):
+//! - per request, recorded once when a request ends (see [`crate::telemetry::meter`]):
 //!   counters and histograms whose label values are `&'static str`s or interned
 //!   `Arc<str>`s (node and model names), so recording allocates no label strings;
 //! - per node and per SSH connection (in flight, latency estimate, state, breaker opens,

@@ -1,63 +1,41 @@
 //! The one internal request type every front (REST, gRPC, Ollama) turns its input
-//! into, and the routed response the routing service hands back.
+//! into, and the routed answer the routing service hands back. What travels with a
+//! request is a typed field here, not an untyped extension (see `app` for who sets
+//! and reads each).
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::HeaderMap;
 use meshgate_transports::Response;
+use tokio::time::Instant;
 
 use crate::errors::GatewayError;
+use crate::keys::Caller;
+pub use crate::operation::{Dialect, Operation};
+use crate::telemetry::meter::Meter;
 
-/// What the client asked for, which decides the node-side path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Operation {
-    ChatCompletions,
-    Completions,
-    Embeddings,
-    /// Ollama's `POST /api/chat`; the body is Ollama's JSON.
-    OllamaChat,
-    /// Ollama's `POST /api/generate`; the body is Ollama's JSON.
-    OllamaGenerate,
-    /// Ollama's `POST /api/embed`; the body is Ollama's JSON.
-    OllamaEmbed,
-}
-
-impl Operation {
-    /// The path on a node that speaks the operation's own API.
-    pub fn path(self) -> &'static str {
-        match self {
-            Operation::ChatCompletions => "/v1/chat/completions",
-            Operation::Completions => "/v1/completions",
-            Operation::Embeddings => "/v1/embeddings",
-            Operation::OllamaChat => "/api/chat",
-            Operation::OllamaGenerate => "/api/generate",
-            Operation::OllamaEmbed => "/api/embed",
-        }
-    }
-}
-
-/// Which API a node was asked in, so the front knows whether to translate back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
-    /// OpenAI's `/v1/*` JSON and SSE.
-    OpenAi,
-    /// Ollama's native `/api/*` JSON and NDJSON.
-    Ollama,
-}
+/// When the edge saw the request arrive (set by the edge's metrics layer, before auth).
+#[derive(Debug, Clone, Copy)]
+pub struct Arrived(pub Instant);
 
 /// What every front passes along from the client's request besides the body.
 #[derive(Debug, Clone, Default)]
 pub struct Inbound {
     /// Only the headers the node should see: the request id and W3C trace context.
     pub headers: HeaderMap,
-    pub extensions: http::Extensions,
+    /// Who is calling, when the edge's auth found a key.
+    pub caller: Option<Caller>,
+    /// When the request reached meshgate, if the edge noted it.
+    pub arrived: Option<Instant>,
 }
 
 impl Inbound {
     const PROPAGATED: [&str; 3] = ["x-request-id", "traceparent", "tracestate"];
 
-    pub fn new(client_headers: &HeaderMap, extensions: http::Extensions) -> Self {
+    /// From the client's headers and what the edge layers put in the request's
+    /// extensions (the caller, the arrival time).
+    pub fn new(client_headers: &HeaderMap, extensions: &http::Extensions) -> Self {
         let mut headers = HeaderMap::new();
         for name in Self::PROPAGATED {
             if let Some(value) = client_headers.get(name) {
@@ -66,7 +44,8 @@ impl Inbound {
         }
         Self {
             headers,
-            extensions,
+            caller: extensions.get::<Caller>().cloned(),
+            arrived: extensions.get::<Arrived>().map(|a| a.0),
         }
     }
 }
@@ -80,9 +59,16 @@ pub struct GatewayRequest {
     pub body: Bytes,
     /// Headers meant for the node (request id, trace context).
     pub headers: HeaderMap,
-    /// What the HTTP layers learned about the request (e.g. the caller's identity from
-    /// auth), carried to the routing stack whichever front the request came in on.
-    pub extensions: http::Extensions,
+    /// Who is calling (from the edge's auth): model authorization, the request span,
+    /// the token budget the answer is charged to.
+    pub caller: Option<Caller>,
+    /// When the request reached meshgate: the start of its duration and overhead.
+    pub arrived: Instant,
+    /// Nodes already tried for this request, most recent last (failover writes it;
+    /// balance avoids them; the attempt numbers its span from it).
+    pub tried: Vec<Arc<str>>,
+    /// The request's record (opened by the observe layer; attempts add to it).
+    pub meter: Meter,
 }
 
 impl GatewayRequest {
@@ -101,7 +87,8 @@ impl GatewayRequest {
         }
         let Inbound {
             headers,
-            extensions,
+            caller,
+            arrived,
         } = inbound;
         Ok(Self {
             operation,
@@ -109,37 +96,11 @@ impl GatewayRequest {
             stream,
             body,
             headers,
-            extensions,
+            caller,
+            arrived: arrived.unwrap_or_else(Instant::now),
+            tried: Vec::new(),
+            meter: Meter::default(),
         })
-    }
-
-    /// The HTTP request a transport sends to the node, and the API it is asked in.
-    /// Rendered once a node is picked, because it depends on the node: an Ollama
-    /// request goes as is to a node that speaks Ollama natively, and translated to
-    /// OpenAI's API for one that does not.
-    pub fn to_node_request(
-        &self,
-        node_speaks_ollama: bool,
-    ) -> (meshgate_transports::Request, Dialect) {
-        let (path, body, dialect) = match self.operation {
-            Operation::OllamaChat | Operation::OllamaGenerate | Operation::OllamaEmbed
-                if !node_speaks_ollama =>
-            {
-                let (path, body) =
-                    crate::ollama::translate::to_openai(self.operation, &self.model, &self.body);
-                (path, body, Dialect::OpenAi)
-            }
-            Operation::OllamaChat | Operation::OllamaGenerate | Operation::OllamaEmbed => {
-                (self.operation.path(), self.body.clone(), Dialect::Ollama)
-            }
-            _ => (self.operation.path(), self.body.clone(), Dialect::OpenAi),
-        };
-        let mut request = http::Request::post(path)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .expect("operation paths are valid URIs");
-        request.headers_mut().extend(self.headers.clone());
-        (request, dialect)
     }
 }
 
@@ -148,4 +109,7 @@ pub struct Routed {
     pub node: Arc<str>,
     pub dialect: Dialect,
     pub response: Response,
+    /// Where the front books the answer (tokens, when it was ready, a late failure);
+    /// holding it keeps the request open, so a stream holds it until it ends.
+    pub meter: Meter,
 }

@@ -8,7 +8,7 @@ use common::*;
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
 use meshgate::config::KeyConfig;
-use meshgate::layers::auth::sha256;
+use meshgate::keys::sha256;
 
 fn key(name: &str, secret: &str) -> KeyConfig {
     KeyConfig {

@@ -1,5 +1,5 @@
-//! Every front passes what the HTTP layers learned (request extensions, e.g. the
-//! caller's identity from auth) and the propagated headers into the one internal
+//! Every front passes what the HTTP layers learned (the caller's identity from auth,
+//! carried as a request extension) and the propagated headers into the one internal
 //! request: REST, gRPC unary and streaming, Ollama. A layer here stands in for auth.
 
 mod common;
@@ -10,12 +10,15 @@ use common::grpc::{chat, inference};
 use common::*;
 use meshgate::app::RoutingService;
 use meshgate::app::{AppState, Limits};
+use meshgate::config::KeyConfig;
 use meshgate::errors::GatewayError;
+use meshgate::keys::Keys;
 use meshgate::nodes::Nodes;
 use meshgate::request::{GatewayRequest, Operation};
 
+/// The caller's key name, as routing saw it.
 #[derive(Clone, Debug, PartialEq)]
-struct Caller(&'static str);
+struct Caller(String);
 
 type Seen = Arc<Mutex<Vec<(Operation, Option<Caller>, bool)>>>;
 
@@ -27,7 +30,7 @@ async fn extensions_and_request_ids_reach_routing_from_every_front() {
     let routing = RoutingService::new(tower::service_fn(move |req: GatewayRequest| {
         record.lock().unwrap().push((
             req.operation,
-            req.extensions.get::<Caller>().cloned(),
+            req.caller.as_ref().map(|c| Caller(c.0.name.to_string())),
             req.headers.contains_key("x-request-id"),
         ));
         async move { Err::<meshgate::request::Routed, _>(GatewayError::NoNodeAvailable(req.model)) }
@@ -46,14 +49,28 @@ async fn extensions_and_request_ids_reach_routing_from_every_front() {
             max_response_bytes: 1 << 20,
         },
     };
-    let (grpc, health) = meshgate::grpc::routes(state.clone());
-    let router = meshgate::http::routes(state.clone())
+    let keys = Keys::from_config(&[KeyConfig {
+        name: "alice".into(),
+        sha256: Some(hex::encode(meshgate::keys::sha256(b"k"))),
+        key_env: None,
+        models: None,
+        requests_per_minute: None,
+        burst: None,
+        tokens_per_minute: None,
+    }])
+    .unwrap();
+    let alice = meshgate::keys::Caller(keys.find(b"k").unwrap());
+    let (grpc, health) = meshgate::fronts::grpc::routes(state.clone());
+    let router = meshgate::fronts::openai::routes(state.clone())
         .merge(grpc)
-        .merge(meshgate::ollama::routes(state))
+        .merge(meshgate::fronts::ollama::routes(state))
         .layer(axum::middleware::map_request(
-            |mut req: axum::extract::Request| async move {
-                req.extensions_mut().insert(Caller("alice"));
-                req
+            move |mut req: axum::extract::Request| {
+                let alice = alice.clone();
+                async move {
+                    req.extensions_mut().insert(alice);
+                    req
+                }
             },
         ))
         .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(
@@ -74,7 +91,7 @@ async fn extensions_and_request_ids_reach_routing_from_every_front() {
     assert!(ollama.json()["error"].is_string());
 
     let seen = seen.lock().unwrap().clone();
-    let alice = Some(Caller("alice"));
+    let alice = Some(Caller("alice".into()));
     assert_eq!(
         seen,
         [

@@ -201,9 +201,7 @@ async fn auth_and_rate_limits_agree_over_rest_and_grpc() {
     let mut config = tiered(&[("a", &a, 1)]);
     let key = |name: &str, secret: &str| meshgate::config::KeyConfig {
         name: name.into(),
-        sha256: Some(hex::encode(meshgate::layers::auth::sha256(
-            secret.as_bytes(),
-        ))),
+        sha256: Some(hex::encode(meshgate::keys::sha256(secret.as_bytes()))),
         key_env: None,
         models: None,
         requests_per_minute: None,

@@ -24,7 +24,7 @@ fn hex(bytes: &[u8]) -> String {
 fn key(name: &str, key: &str, rpm: Option<u32>) -> KeyConfig {
     KeyConfig {
         name: name.into(),
-        sha256: Some(hex(&meshgate::layers::auth::sha256(key.as_bytes()))),
+        sha256: Some(hex(&meshgate::keys::sha256(key.as_bytes()))),
         key_env: None,
         models: None,
         requests_per_minute: rpm,

@@ -45,7 +45,7 @@ async fn no_key_and_no_prompt_in_the_logs() {
     let sick = sim("sick", &["llama3.2"]).await;
     let port = free_port();
     let dead = free_port();
-    let hash = hex::encode(meshgate::layers::auth::sha256(KEY.as_bytes()));
+    let hash = hex::encode(meshgate::keys::sha256(KEY.as_bytes()));
     let config = std::env::temp_dir().join(format!("meshgate-secrets-{}.toml", std::process::id()));
     std::fs::write(
         &config,

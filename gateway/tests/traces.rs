@@ -208,7 +208,7 @@ async fn a_failed_over_request_is_one_trace_with_an_attempt_span_per_node(
     config.nodes[1].priority = 2;
     config.keys = vec![KeyConfig {
         name: "trace-app".into(),
-        sha256: Some(hex(&meshgate::layers::auth::sha256(KEY.as_bytes()))),
+        sha256: Some(hex(&meshgate::keys::sha256(KEY.as_bytes()))),
         key_env: None,
         models: None,
         requests_per_minute: None,

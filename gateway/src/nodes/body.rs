@@ -38,11 +38,35 @@ impl InFlight {
         }
     }
 
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
     /// The request failed on this node: count it against the node.
-    pub(super) fn failed(mut self, error: TransportError) -> TransportError {
+    pub fn failed(mut self, error: TransportError) -> TransportError {
         self.node.record_failure(error.to_string());
         self.settled = true;
         error
+    }
+
+    /// The node answered `status`, its first body byte after `ttft`: the node's latency
+    /// estimate and breaker learn it (a 5xx is a failure; 2xx and 4xx prove the node
+    /// works: a bad request is the client's fault), and the body holds this claim until
+    /// the answer ends.
+    pub fn answered(
+        self,
+        status: http::StatusCode,
+        ttft: Duration,
+        first: Option<Frame<Bytes>>,
+        body: meshgate_transports::Body,
+    ) -> NodeBody {
+        self.node.record_ttft(ttft);
+        if status.is_server_error() {
+            self.node.record_failure(format!("answered {status}"));
+        } else {
+            self.node.record_success();
+        }
+        NodeBody::new(first, body, self)
     }
 
     fn settle(&mut self) {
@@ -71,7 +95,7 @@ pub struct NodeBody {
 }
 
 impl NodeBody {
-    pub(super) fn new(
+    fn new(
         first: Option<Frame<Bytes>>,
         inner: meshgate_transports::Body,
         mut in_flight: InFlight,

@@ -1,31 +1,34 @@
 //! The nodes meshgate routes to: each one's transport, what discovery last learned
 //! (reachable or not and why, models served and loaded), and the live numbers the
 //! balancer reads (time-to-first-token estimate, requests in flight, concurrency slots,
-//! circuit breaker). `send` is the one way a request reaches a node.
+//! circuit breaker). A [`Lease`] claims a node for one request; the routing stack's
+//! attempt (`routing::attempt`) is the one way a request reaches a node.
 
 mod body;
+pub mod breaker;
 mod discovery;
+pub mod ewma;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use meshgate_transports::BoxTransport;
 use meshgate_transports::local::{LocalConfig, LocalTransport};
 use meshgate_transports::ssh::{
     self, ExecTransport, ForwardTransport, HostKeyPolicy, ResolveOptions, Session, SessionOptions,
     SshTarget,
 };
-use meshgate_transports::{BoxTransport, Kind, Phase, TransportError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-pub use body::InFlight;
+pub use body::{InFlight, NodeBody};
 pub use discovery::{Found, Probe, probe, spawn_discovery};
 
 use crate::config::{Config, NodeConfig, Timeouts, TransportKind};
-use crate::layers::breaker::{Admission, Breaker, State as BreakerState};
-use crate::layers::ewma::PeakEwma;
+use breaker::{Admission, Breaker, State as BreakerState};
+use ewma::PeakEwma;
 
 /// Whether discovery could talk to the node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +100,13 @@ pub struct Lease {
     pub node: Arc<Node>,
     slot: Option<OwnedSemaphorePermit>,
     probe: bool,
+}
+
+impl Lease {
+    /// The request is being sent: count it in flight on the node until its answer ends.
+    pub fn begin(self) -> InFlight {
+        InFlight::new(self.node, self.slot, self.probe)
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -413,50 +423,6 @@ fn ssh_transport(
             (transport, described, vec![session])
         }
     })
-}
-
-/// Send a request to the leased node and wait for the first byte of its answer's body
-/// (the first token) before handing the response on: a node that accepts a request but
-/// never produces a token is then a failure another node can still take over.
-pub async fn send(
-    lease: Lease,
-    request: meshgate_transports::Request,
-) -> Result<(http::response::Parts, body::NodeBody), TransportError> {
-    let Lease { node, slot, probe } = lease;
-    let started = Instant::now();
-    let in_flight = InFlight::new(Arc::clone(&node), slot, probe);
-    let deadline = started + node.timeouts.first_byte;
-    let timed_out = || {
-        TransportError::new(
-            Phase::FirstByte,
-            Kind::Timeout,
-            format!("no first byte within {:?}", node.timeouts.first_byte),
-        )
-    };
-
-    let call = tower::ServiceExt::oneshot(node.transport.clone(), request);
-    let response = match tokio::time::timeout_at(deadline, call).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(e)) => return Err(in_flight.failed(e)),
-        Err(_) => return Err(in_flight.failed(timed_out())),
-    };
-    let (parts, mut body) = response.into_parts();
-    let first =
-        match tokio::time::timeout_at(deadline, http_body_util::BodyExt::frame(&mut body)).await {
-            Ok(Some(Ok(frame))) => Some(frame),
-            Ok(None) => None,
-            // Nothing has reached the client yet, so this is still a pre-first-byte failure.
-            Ok(Some(Err(e))) => return Err(in_flight.failed(e.in_phase(Phase::FirstByte))),
-            Err(_) => return Err(in_flight.failed(timed_out())),
-        };
-    node.record_ttft(started.elapsed());
-    if parts.status.is_server_error() {
-        node.record_failure(format!("answered {}", parts.status));
-    } else {
-        // 2xx, and 4xx too: the node is working; a bad request is the client's fault.
-        node.record_success();
-    }
-    Ok((parts, body::NodeBody::new(first, body, in_flight)))
 }
 
 /// All configured nodes, and which of them serve each model, by tier.

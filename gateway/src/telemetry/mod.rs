@@ -4,13 +4,12 @@
 //! [`spans`]), and one per SSH connect, exported over OTLP/HTTP when `[telemetry]
 //! otlp_endpoint` is set; when it is not, no span is even created ([`tracing_on`] is
 //! false), so tracing costs nothing. Metrics: see
-//! [`crate::metrics`], fed by the [`observe`] layer and scraped on `/metrics`.
+//! [`crate::metrics`], booked through each request's [`meter`] and scraped on `/metrics`.
 
-pub mod observe;
+pub mod meter;
 pub mod otlp;
 pub mod spans;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
@@ -23,13 +22,7 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::TelemetryConfig;
 
-static TRACING: AtomicBool = AtomicBool::new(false);
-
-/// Whether request and attempt spans are made (an OTLP exporter is installed).
-#[inline]
-pub fn tracing_on() -> bool {
-    TRACING.load(Ordering::Relaxed)
-}
+pub use spans::tracing_on;
 
 /// Keeps the span exporter alive; flushes what is buffered when dropped or on [`flush`].
 ///
@@ -53,7 +46,7 @@ impl Telemetry {
 impl Drop for Telemetry {
     fn drop(&mut self) {
         if let Some(provider) = self.provider.take() {
-            TRACING.store(false, Ordering::Relaxed);
+            spans::set_on(false);
             let _ = provider.shutdown();
         }
     }
@@ -100,7 +93,7 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, String> {
     if let Some(provider) = &provider {
         spans::set_tracer(provider.tracer("meshgate"));
     }
-    TRACING.store(provider.is_some(), Ordering::Relaxed);
+    spans::set_on(provider.is_some());
     Ok(Telemetry { provider })
 }
 

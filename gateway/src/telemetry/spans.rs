@@ -7,6 +7,7 @@
 //! visitors and a span enter/exit per poll). Each span lives in a [`Context`], which is
 //! what a child span and `traceparent` need. None exist unless tracing is on.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -16,23 +17,36 @@ use opentelemetry::{Context, KeyValue, StringValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracer;
 
-use super::tracing_on;
 use crate::nodes::Node;
-use crate::request::Operation;
+use crate::operation::Operation;
 
 static TRACER: OnceLock<SdkTracer> = OnceLock::new();
+static TRACING: AtomicBool = AtomicBool::new(false);
 
-/// The tracer request and attempt spans come from (set once, by [`super::init`]).
+/// Whether request and attempt spans are made (an OTLP exporter is installed).
+#[inline]
+pub fn tracing_on() -> bool {
+    TRACING.load(Ordering::Relaxed)
+}
+
+/// Turn span making on or off (by `telemetry::init` and when its exporter stops).
+pub(super) fn set_on(on: bool) {
+    TRACING.store(on, Ordering::Relaxed);
+}
+
+/// The tracer request and attempt spans come from (set once, when telemetry starts).
 pub(super) fn set_tracer(tracer: SdkTracer) {
     let _ = TRACER.set(tracer);
 }
 
-/// `gen_ai.operation.name` for an operation.
-pub fn operation_name(operation: Operation) -> &'static str {
-    match operation {
-        Operation::ChatCompletions | Operation::OllamaChat => "chat",
-        Operation::Completions | Operation::OllamaGenerate => "text_completion",
-        Operation::Embeddings | Operation::OllamaEmbed => "embeddings",
+/// `error.type` for a server-error status.
+pub fn status_error(status: u16) -> &'static str {
+    match status {
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        _ => "5xx",
     }
 }
 
@@ -46,7 +60,7 @@ pub fn request(
     headers: &HeaderMap,
 ) -> Option<Context> {
     let tracer = TRACER.get().filter(|_| tracing_on())?;
-    let op = operation_name(operation);
+    let op = operation.name();
     let parent = if headers.contains_key("traceparent") {
         TraceContextPropagator::new().extract(&Headers(headers))
     } else {

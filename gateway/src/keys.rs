@@ -1,25 +1,17 @@
-//! API keys. Keys are stored as SHA-256 hashes (or read from an environment variable at
-//! start and hashed); a presented `Authorization: Bearer` key is hashed and compared with
-//! every configured hash in constant time. The caller's identity goes into the request's
-//! extensions, where the rate limits and the routing stack (allowed models) find it.
-//!
-//! With no keys configured every request is anonymous — config validation refuses that
-//! on a non-loopback address unless `allow_unauthenticated` says it is intended.
+//! API keys: who may call. Keys are stored as SHA-256 hashes (or read from an
+//! environment variable at start and hashed); a presented key is hashed and compared
+//! with every configured hash in constant time. Each key carries its own limits and the
+//! models it may use. The edge's auth layer finds the caller; the rate limits, model
+//! authorization and token budgets read it.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use axum::response::Response;
-use futures_util::future::{Either, Ready, ready};
-use http::Request;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tower_http::validate_request::{ValidateRequest, ValidateRequestHeaderLayer};
 
-use super::rate_limit::{RequestLimiter, TokenBudget};
 use crate::config::KeyConfig;
-use crate::errors::GatewayError;
-use crate::request::{GatewayRequest, Routed};
+use crate::limits::{RequestLimiter, TokenBudget};
 
 pub struct ApiKey {
     pub name: Arc<str>,
@@ -104,91 +96,6 @@ impl Keys {
     }
 }
 
-/// tower-http's request validation, with meshgate's keys.
-#[derive(Clone)]
-pub struct Authenticate {
-    keys: Arc<Keys>,
-}
-
-pub fn layer(keys: Arc<Keys>) -> ValidateRequestHeaderLayer<Authenticate> {
-    ValidateRequestHeaderLayer::custom(Authenticate { keys })
-}
-
-fn bearer(headers: &http::HeaderMap) -> Option<&[u8]> {
-    let value = headers.get(http::header::AUTHORIZATION)?.as_bytes();
-    let (scheme, token) = value.split_at_checked(7)?;
-    scheme
-        .eq_ignore_ascii_case(b"bearer ")
-        .then(|| token.trim_ascii())
-}
-
-impl<B> ValidateRequest<B> for Authenticate {
-    type ResponseBody = axum::body::Body;
-
-    fn validate(&mut self, request: &mut Request<B>) -> Result<(), Response> {
-        if self.keys.is_empty() || super::is_exempt(request.uri().path()) {
-            return Ok(());
-        }
-        let error = match bearer(request.headers()) {
-            None => GatewayError::Unauthorized(
-                "missing API key: send it as `Authorization: Bearer <key>`".into(),
-            ),
-            Some(token) => match self.keys.find(token) {
-                Some(key) => {
-                    request.extensions_mut().insert(Caller(key));
-                    return Ok(());
-                }
-                None => GatewayError::Unauthorized("incorrect API key provided".into()),
-            },
-        };
-        Err(crate::errors::respond_in(
-            error,
-            request.headers(),
-            request.uri().path(),
-        ))
-    }
-}
-
-/// Refuses a model the caller's key may not use. It sits at the top of the routing
-/// stack because the model is known only once a front has read the body.
-#[derive(Clone)]
-pub struct AuthorizeModel<S> {
-    inner: S,
-}
-
-impl<S> AuthorizeModel<S> {
-    pub fn layer() -> impl tower::Layer<S, Service = Self> + Clone {
-        tower::layer::layer_fn(|inner| Self { inner })
-    }
-}
-
-impl<S> tower::Service<GatewayRequest> for AuthorizeModel<S>
-where
-    S: tower::Service<GatewayRequest, Response = Routed, Error = GatewayError>,
-{
-    type Response = Routed;
-    type Error = GatewayError;
-    type Future = Either<Ready<Result<Routed, GatewayError>>, S::Future>;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), GatewayError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: GatewayRequest) -> Self::Future {
-        if let Some(Caller(key)) = request.extensions.get::<Caller>() {
-            if !key.allows(&request.model) {
-                return Either::Left(ready(Err(GatewayError::ModelNotAllowed {
-                    model: request.model,
-                })));
-            }
-        }
-        Either::Right(self.inner.call(request))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,15 +127,6 @@ mod tests {
         let key = keys().find(b"sk-right").unwrap();
         assert!(key.allows("llama3.2"));
         assert!(!key.allows("qwen2.5"));
-    }
-
-    #[test]
-    fn bearer_scheme_is_case_insensitive_and_required() {
-        let mut h = http::HeaderMap::new();
-        h.insert("authorization", "bearer  sk-1 ".parse().unwrap());
-        assert_eq!(bearer(&h), Some(&b"sk-1"[..]));
-        h.insert("authorization", "Basic sk-1".parse().unwrap());
-        assert_eq!(bearer(&h), None);
     }
 
     #[test]

@@ -1,15 +1,15 @@
 //! Every error meshgate itself produces, and the ONE table that says how each is shown
 //! to clients: HTTP status, gRPC code, OpenAI error `type` and `code`, and whether the
-//! request may be tried on another node. Fronts render from [`GatewayError::class`];
-//! nothing else decides a status.
+//! request may be tried on another node. Every wire shape is rendered from the table by
+//! [`render`]; nothing else decides a status.
 
-use axum::response::{IntoResponse, Response};
+pub mod render;
+
 use std::time::Duration;
 
-use http::{HeaderValue, StatusCode, header};
+use http::StatusCode;
 use meshgate_proto::openai::ErrorEnvelope;
 use meshgate_transports::{Kind, Phase, TransportError};
-use tonic_types::{ErrorDetails, StatusExt};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -261,113 +261,15 @@ impl GatewayError {
             source: TransportError::new(Phase::Body, Kind::Protocol, why.to_string()),
         }
     }
-
-    /// This error as a gRPC status: the code from the table, the message, and the
-    /// OpenAI error type/code in a `google.rpc.ErrorInfo` detail (domain `meshgate`,
-    /// reason = the OpenAI code; metadata `type`, `code`, `param`), plus
-    /// `google.rpc.RetryInfo` when the client should wait before retrying.
-    pub fn to_status(&self) -> tonic::Status {
-        let class = self.class();
-        if class.status.is_server_error() {
-            tracing::warn!(error = %self, "request failed");
-        }
-        let mut metadata = std::collections::HashMap::new();
-        metadata.insert("type".to_owned(), class.kind.to_owned());
-        if let Some(code) = class.code {
-            metadata.insert("code".to_owned(), code.to_owned());
-        }
-        if let Some(param) = self.param() {
-            metadata.insert("param".to_owned(), param.to_owned());
-        }
-        let reason = class.code.unwrap_or(class.kind);
-        let mut details = ErrorDetails::with_error_info(reason, "meshgate", metadata);
-        if let Some(delay) = self.retry_after() {
-            details.set_retry_info(Some(delay));
-        }
-        tonic::Status::with_error_details(class.grpc.to_tonic(), self.to_string(), details)
-    }
-
-    /// A trailers-only gRPC error response (HTTP 200, `content-type: application/grpc`,
-    /// `grpc-status`, `grpc-message`, `grpc-status-details-bin`), for HTTP layers that
-    /// reject a gRPC request before it reaches the gRPC front.
-    pub fn grpc_response(&self) -> Response {
-        let mut response = self.to_status().into_http::<axum::body::Body>();
-        if let Some(delay) = self.retry_after() {
-            if let Ok(value) = HeaderValue::try_from(delay.as_secs().max(1).to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, value);
-            }
-        }
-        response
-    }
-}
-
-/// Whether a request is gRPC (its error must be a gRPC status, not a JSON body).
-pub fn is_grpc(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/grpc"))
-}
-
-impl IntoResponse for GatewayError {
-    fn into_response(self) -> Response {
-        if self.class().status.is_server_error() {
-            tracing::warn!(error = %self, "request failed");
-        }
-        let mut response = json_error(self.class().status, &self.envelope());
-        self.write_headers(response.headers_mut());
-        response
-    }
-}
-
-impl GatewayError {
-    /// Headers that tell clients (and SDKs' retry logic) what to do next.
-    pub fn write_headers(&self, headers: &mut http::HeaderMap) {
-        if let Some(wait) = self.retry_after() {
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-            headers.insert(
-                "retry-after-ms",
-                HeaderValue::from(wait.as_millis().max(1) as u64),
-            );
-        }
-        if let Self::GaveUp { attempts, .. } = self {
-            // meshgate already failed over; an SDK retrying on top would multiply load.
-            headers.insert("x-should-retry", HeaderValue::from_static("false"));
-            headers.insert(ATTEMPTS_HEADER, HeaderValue::from(*attempts));
-        }
-    }
-}
-
-/// An error raised before any front runs (auth, rate limits), in the caller's own
-/// protocol: a gRPC status for gRPC, Ollama's shape on its API, else OpenAI's envelope.
-pub fn respond_in(error: GatewayError, headers: &http::HeaderMap, path: &str) -> Response {
-    if is_grpc(headers) {
-        error.grpc_response()
-    } else if path.starts_with("/api/") {
-        crate::ollama::OllamaError(error).into_response()
-    } else {
-        error.into_response()
-    }
 }
 
 /// How many nodes were tried for a request.
 pub const ATTEMPTS_HEADER: &str = "x-meshgate-attempts";
 
-/// An OpenAI-envelope response (also used for errors raised outside handlers).
-pub fn json_error(status: StatusCode, envelope: &ErrorEnvelope) -> Response {
-    let body = serde_json::to_vec(envelope).unwrap_or_default();
-    let mut response = (status, body).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tonic_types::StatusExt;
 
     fn upstream(phase: Phase, kind: Kind) -> GatewayError {
         GatewayError::Upstream {

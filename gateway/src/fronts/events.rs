@@ -1,5 +1,5 @@
 //! A node's OpenAI SSE stream as parsed chunks, for the fronts that re-encode them
-//! (gRPC messages, Ollama lines; REST relays the bytes, see [`super::relay`]). Parsed
+//! (gRPC messages, Ollama lines; REST relays the bytes, see `openai::relay`). Parsed
 //! incrementally: an event may arrive split across frames, and nothing beyond the
 //! current event is buffered. `data: [DONE]` is the only clean end. A transport error,
 //! an in-band `{"error": ...}` event, an event that is not JSON, or an end without
@@ -14,7 +14,7 @@ use meshgate_transports::{Body, Kind, Phase, TransportError};
 use serde_json::Value;
 
 use crate::errors::GatewayError;
-use crate::telemetry::observe::{Meter, StreamTokens};
+use crate::telemetry::meter::{Meter, StreamTokens};
 
 /// One item of a node's event stream.
 pub enum Event {
@@ -35,8 +35,7 @@ struct State {
 impl State {
     fn failed(&self, error: GatewayError) -> GatewayError {
         tracing::warn!(error = %error, "stream failed after it started");
-        self.meter.failed(&error);
-        error
+        self.meter.fail(error)
     }
 
     fn parse(&self, data: &str) -> Result<Value, GatewayError> {
@@ -79,14 +78,14 @@ pub fn events(
             loop {
                 if let Some(data) = s.decoder.next_event() {
                     if data.trim() == "[DONE]" {
-                        s.tokens.done(&s.meter);
+                        s.meter.tokens(s.tokens.total());
                         return Some((Ok(Event::Done), None));
                     }
+                    if s.meter.is_active() {
+                        s.tokens.event(data.as_bytes());
+                    }
                     return match s.parse(&data) {
-                        Ok(json) => {
-                            s.tokens.chunk(&json);
-                            Some((Ok(Event::Chunk(json)), Some(s)))
-                        }
+                        Ok(json) => Some((Ok(Event::Chunk(json)), Some(s))),
                         Err(error) => Some((Err(s.failed(error)), None)),
                     };
                 }

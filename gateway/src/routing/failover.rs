@@ -11,7 +11,6 @@ use http::{HeaderValue, StatusCode};
 use tower::retry::Policy;
 use tower::retry::budget::{Budget, TpsBudget};
 
-use super::balance::Tried;
 use crate::config::RetryConfig;
 use crate::errors::{ATTEMPTS_HEADER, GatewayError};
 use crate::nodes::Nodes;
@@ -110,11 +109,7 @@ impl Policy<GatewayRequest, Routed, GatewayError> for Failover {
             return None;
         }
         tracing::info!(node = %node, attempt = self.attempts, "failing over to another node");
-        request
-            .extensions
-            .get_or_insert_default::<Tried>()
-            .0
-            .push(node);
+        request.tried.push(node);
         Some(std::future::ready(()))
     }
 
@@ -167,11 +162,7 @@ mod tests {
         }
 
         fn call(&mut self, request: GatewayRequest) -> Self::Future {
-            let tried = request
-                .extensions
-                .get::<Tried>()
-                .map(|t| t.0.clone())
-                .unwrap_or_default();
+            let tried = request.tried.clone();
             let mut seen = self.seen_tried.lock().unwrap();
             seen.push(tried);
             let node: Arc<str> = format!("n{}", seen.len()).into();
@@ -184,6 +175,7 @@ mod tests {
                         node,
                         dialect: crate::request::Dialect::OpenAi,
                         response,
+                        meter: Default::default(),
                     })
                 }
                 Err(phase) => Err(GatewayError::Upstream {

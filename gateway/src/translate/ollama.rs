@@ -7,7 +7,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
-use crate::request::Operation;
+use crate::operation::Operation;
 
 /// The OpenAI path and body for an Ollama request to a node without Ollama's API.
 /// `model` is the name routing resolved (e.g. `llama3.2:latest` for `llama3.2`).

@@ -2,7 +2,7 @@
 //! `/api/tags`, `/api/show`, `/api/ps`, `/api/version`), so an Ollama client or script pointed at
 //! meshgate gets the best available node. Inference goes through the same routing
 //! service as REST and gRPC; a node that speaks Ollama gets the client's bytes, one
-//! that speaks only OpenAI's API gets them translated (see [`translate`]). Errors are
+//! that speaks only OpenAI's API gets them translated (see `translate::ollama`). Errors are
 //! Ollama's `{"error": "..."}` with the status from the one error table.
 //!
 //! Served on the REST listener, and optionally on a second address of its own
@@ -10,18 +10,16 @@
 
 mod handlers;
 mod stream;
-pub mod translate;
 
 use axum::Router;
 use axum::extract::{FromRequest, Request};
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use http::{HeaderValue, header};
 use serde::de::DeserializeOwned;
 
-use crate::app::AppState;
 use crate::errors::GatewayError;
-use crate::http::extract::Checked;
+use crate::errors::render::OllamaError;
+use crate::fronts::body::Checked;
+use crate::state::AppState;
 
 /// The `/api/*` routes, without a fallback (they merge into the REST router).
 pub fn routes(state: AppState) -> Router {
@@ -47,38 +45,6 @@ pub fn standalone(state: AppState) -> Router {
                 path: uri.path().to_owned(),
             })
         })
-}
-
-/// A gateway error rendered in Ollama's shape.
-#[derive(Debug)]
-pub struct OllamaError(pub GatewayError);
-
-impl From<GatewayError> for OllamaError {
-    fn from(error: GatewayError) -> Self {
-        Self(error)
-    }
-}
-
-impl IntoResponse for OllamaError {
-    fn into_response(self) -> Response {
-        let status = self.0.class().status;
-        if status.is_server_error() {
-            tracing::warn!(error = %self.0, "request failed");
-        }
-        let body = serde_json::to_vec(&serde_json::json!({ "error": self.0.to_string() }))
-            .unwrap_or_default();
-        let mut response = (status, body).into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        if let Some(delay) = self.0.retry_after() {
-            if let Ok(value) = HeaderValue::try_from(delay.as_secs().max(1).to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, value);
-            }
-        }
-        response
-    }
 }
 
 /// A body checked against an Ollama request type (same rules as the REST front's

@@ -11,11 +11,12 @@ use meshgate_proto::openai::{
 use serde_json::json;
 use tower::ServiceExt;
 
-use super::extract::Checked;
 use super::relay;
-use crate::app::AppState;
 use crate::errors::GatewayError;
+use crate::errors::render::is_grpc;
+use crate::fronts::body::Checked;
 use crate::request::{GatewayRequest, Inbound, Operation};
+use crate::state::AppState;
 
 pub async fn chat_completions(
     State(app): State<AppState>,
@@ -105,7 +106,7 @@ pub async fn unknown_route(method: Method, uri: http::Uri, headers: http::Header
         path: uri.path().to_owned(),
     };
     // A gRPC client calling a service meshgate does not have gets UNIMPLEMENTED.
-    if crate::errors::is_grpc(&headers) {
+    if is_grpc(&headers) {
         return error.grpc_response();
     }
     error.into_response()

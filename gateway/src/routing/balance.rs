@@ -15,25 +15,25 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 
+use super::attempt::Leased;
 use crate::config::RoutingConfig;
 use crate::errors::GatewayError;
 use crate::nodes::{Lease, Node, Nodes};
 use crate::request::{GatewayRequest, Routed};
 
-/// Nodes already tried for this request, most recent last (kept by the retry layer).
-#[derive(Debug, Clone, Default)]
-pub struct Tried(pub Vec<Arc<str>>);
-
+/// Leases a node for each request, then hands both to the inner service (the attempt).
 #[derive(Clone)]
-pub struct Balance {
+pub struct Balance<S> {
+    inner: S,
     nodes: Arc<Nodes>,
     queue_timeout: Duration,
     queue_depth: usize,
 }
 
-impl Balance {
-    pub fn new(nodes: Arc<Nodes>, routing: &RoutingConfig) -> Self {
+impl<S> Balance<S> {
+    pub fn new(inner: S, nodes: Arc<Nodes>, routing: &RoutingConfig) -> Self {
         Self {
+            inner,
             nodes,
             queue_timeout: routing.queue_timeout,
             queue_depth: routing.queue_depth,
@@ -172,7 +172,15 @@ fn p2c(candidates: &[&Arc<Node>], now: Instant) -> Option<usize> {
     }
 }
 
-impl tower::Service<GatewayRequest> for Balance {
+impl<S> tower::Service<GatewayRequest> for Balance<S>
+where
+    S: tower::Service<Leased, Response = Routed, Error = GatewayError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send,
+{
     type Response = Routed;
     type Error = GatewayError;
     type Future = BoxFuture<'static, Result<Routed, GatewayError>>;
@@ -184,14 +192,8 @@ impl tower::Service<GatewayRequest> for Balance {
     fn call(&mut self, request: GatewayRequest) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let tried = request
-                .extensions
-                .get::<Tried>()
-                .map(|t| t.0.as_slice())
-                .unwrap_or_default();
-            let lease = this.lease(&request.model, tried).await?;
-            // The attempt span, traceparent for the node, and per-node metrics.
-            crate::telemetry::observe::send(&request, lease).await
+            let lease = this.lease(&request.model, &request.tried).await?;
+            tower::ServiceExt::oneshot(this.inner, Leased { request, lease }).await
         })
     }
 }
@@ -238,7 +240,11 @@ mod tests {
     }
 
     fn picks(nodes: &Arc<Nodes>, times: usize) -> HashMap<String, usize> {
-        let balance = Balance::new(Arc::clone(nodes), &RoutingConfig::default());
+        let balance = Balance::new(
+            super::super::attempt::Attempt,
+            Arc::clone(nodes),
+            &RoutingConfig::default(),
+        );
         let mut seen = HashMap::new();
         for _ in 0..times {
             let lease = balance

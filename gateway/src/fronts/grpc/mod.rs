@@ -20,7 +20,7 @@ use meshgate_proto::v1;
 use tokio::task::JoinHandle;
 use tonic::server::NamedService;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 pub use service::GrpcFront;
 

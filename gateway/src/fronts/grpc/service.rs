@@ -18,13 +18,12 @@ use tonic::{Request, Response, Status};
 use tower::ServiceExt;
 
 use super::stream::{Messages, sse_messages};
-use crate::app::AppState;
 use crate::errors::GatewayError;
-use crate::http::extract::parse;
-use crate::http::relay::read_whole;
+use crate::fronts::answer;
+use crate::fronts::body::parse;
 use crate::request::{GatewayRequest, Inbound, Operation, Routed};
-use crate::telemetry::observe::{Meter, Tokens};
-use tokio::time::Instant;
+use crate::state::AppState;
+use crate::telemetry::meter::{Meter, Tokens};
 
 #[derive(Clone)]
 pub struct GrpcFront {
@@ -69,14 +68,16 @@ impl GrpcFront {
         routed: Routed,
         convert: impl FnOnce(Value) -> Result<T, convert::NotAnObject>,
     ) -> Result<Response<T>, Status> {
-        let Routed { node, response, .. } = routed;
-        let (mut parts, body) = response.into_parts();
-        let meter = Meter::take(&mut parts.extensions);
-        let reading = Instant::now();
-        let bytes = read_whole(&node, body, self.app.limits.max_response_bytes)
+        let Routed {
+            node,
+            response,
+            meter,
+            ..
+        } = routed;
+        let (parts, body) = response.into_parts();
+        let bytes = answer::whole(&node, body, &meter, self.app.limits.max_response_bytes)
             .await
-            .map_err(|e| failed(&meter, e))?;
-        meter.ready(reading.elapsed());
+            .map_err(|e| e.to_status())?;
         if !parts.status.is_success() {
             return Err(GatewayError::from_node_answer(&node, parts.status, &bytes).to_status());
         }
@@ -96,13 +97,17 @@ impl GrpcFront {
         routed: Routed,
         convert: fn(Value) -> Result<T, convert::NotAnObject>,
     ) -> Result<Response<Messages<T>>, Status> {
-        let Routed { node, response, .. } = routed;
-        let (mut parts, body) = response.into_parts();
-        let meter = Meter::take(&mut parts.extensions);
+        let Routed {
+            node,
+            response,
+            meter,
+            ..
+        } = routed;
+        let (parts, body) = response.into_parts();
         if !parts.status.is_success() {
-            let bytes = read_whole(&node, body, self.app.limits.max_response_bytes)
+            let bytes = answer::whole(&node, body, &meter, self.app.limits.max_response_bytes)
                 .await
-                .map_err(|e| failed(&meter, e))?;
+                .map_err(|e| e.to_status())?;
             return Err(GatewayError::from_node_answer(&node, parts.status, &bytes).to_status());
         }
         let is_sse = parts
@@ -125,16 +130,15 @@ impl GrpcFront {
 }
 
 /// Book a failure after routing on the request's meter; the client gets its status.
-pub(super) fn failed(meter: &Meter, error: GatewayError) -> Status {
-    meter.failed(&error);
-    error.to_status()
+fn failed(meter: &Meter, error: GatewayError) -> Status {
+    meter.fail(error).to_status()
 }
 
-/// The client's metadata (as HTTP headers) and the request's extensions, which carry
-/// what the HTTP layers learned (e.g. the caller's identity from auth).
+/// The client's metadata (as HTTP headers) and what the edge layers learned (the
+/// caller's identity, the arrival time), from the request's extensions.
 fn split<T>(request: Request<T>) -> (Inbound, T) {
     let (metadata, extensions, message) = request.into_parts();
-    (Inbound::new(&metadata.into_headers(), extensions), message)
+    (Inbound::new(&metadata.into_headers(), &extensions), message)
 }
 
 /// Which node served, as on REST's `x-meshgate-node`.

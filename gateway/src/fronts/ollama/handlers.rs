@@ -16,15 +16,16 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use tower::ServiceExt;
 
-use super::translate::Translator;
-use super::{OllamaError, OllamaJson, stream};
-use crate::app::AppState;
+use super::{OllamaJson, stream};
 use crate::errors::GatewayError;
-use crate::http::extract::Checked;
-use crate::http::relay::{NODE_HEADER, read_whole};
+use crate::errors::render::OllamaError;
+use crate::fronts::body::Checked;
+use crate::fronts::{NODE_HEADER, answer};
 use crate::nodes::{Node, Nodes};
 use crate::request::{Dialect, GatewayRequest, Inbound, Operation, Routed};
-use crate::telemetry::observe::{Meter, Tokens};
+use crate::state::AppState;
+use crate::telemetry::meter::Tokens;
+use crate::translate::ollama::Translator;
 
 /// The Ollama API level this surface implements, for clients that check it.
 const OLLAMA_VERSION: &str = "0.9.0";
@@ -98,19 +99,12 @@ async fn infer(
         node,
         dialect,
         response,
+        meter,
     } = app.routing.clone().oneshot(request).await?;
     let (mut parts, body) = response.into_parts();
-    let meter = Meter::take(&mut parts.extensions);
     let max = app.limits.max_response_bytes;
     let ok = parts.status.is_success();
-    let read = async |body| {
-        let reading = Instant::now();
-        let bytes = read_whole(&node, body, max)
-            .await
-            .inspect_err(|e| meter.failed(e))?;
-        meter.ready(reading.elapsed());
-        Ok::<_, GatewayError>(bytes)
-    };
+    let read = async |body| answer::whole(&node, body, &meter, max).await;
     let mut response = match (dialect, ok, stream) {
         (Dialect::Ollama, true, true) => {
             meter.ready(Duration::ZERO);
@@ -154,8 +148,7 @@ async fn infer(
         (Dialect::OpenAi, true, false) => {
             let bytes = read(body).await?;
             let json: Value = serde_json::from_slice(&bytes)
-                .map_err(|e| GatewayError::bad_node_answer(&node, e))
-                .inspect_err(|e| meter.failed(e))?;
+                .map_err(|e| meter.fail(GatewayError::bad_node_answer(&node, e)))?;
             if let Some(tokens) = Tokens::from_usage(&json) {
                 meter.tokens(tokens);
             }
@@ -202,7 +195,7 @@ async fn ask(node: &Node, request: http::Request<Bytes>) -> Option<(StatusCode, 
         let response = node.transport.clone().oneshot(request).await.ok()?;
         let status = response.status();
         let (_, body) = response.into_parts();
-        let bytes = read_whole(&node.name, body, 16 << 20).await.ok()?;
+        let bytes = answer::read(&node.name, body, 16 << 20).await.ok()?;
         Some((status, bytes))
     };
     tokio::time::timeout(INVENTORY_TIMEOUT, call)

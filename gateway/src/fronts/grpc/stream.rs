@@ -1,4 +1,4 @@
-//! A node's SSE stream as a stream of proto messages (see [`crate::http::events`]):
+//! A node's SSE stream as a stream of proto messages (see [`crate::fronts::events`]):
 //! `data: [DONE]` is the only clean end; a transport error, an in-band error event, or
 //! an end without `[DONE]` ends the gRPC stream with UNAVAILABLE, never OK.
 
@@ -11,10 +11,9 @@ use meshgate_transports::Body;
 use serde_json::Value;
 use tonic::Status;
 
-use super::service::failed;
 use crate::errors::GatewayError;
-use crate::http::events::{Event, events};
-use crate::telemetry::observe::Meter;
+use crate::fronts::events::{Event, events};
+use crate::telemetry::meter::Meter;
 
 /// The message stream an RPC answers with.
 pub type Messages<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -28,9 +27,11 @@ pub fn sse_messages<T: Send + 'static>(
     let chunks = events(Arc::clone(&node), body, meter.clone());
     Box::pin(chunks.filter_map(move |event| {
         future::ready(match event {
-            Ok(Event::Chunk(json)) => Some(
-                convert(json).map_err(|e| failed(&meter, GatewayError::bad_node_answer(&node, e))),
-            ),
+            Ok(Event::Chunk(json)) => Some(convert(json).map_err(|e| {
+                meter
+                    .fail(GatewayError::bad_node_answer(&node, e))
+                    .to_status()
+            })),
             Ok(Event::Done) => None,
             Err(error) => Some(Err(error.to_status())),
         })

@@ -6,9 +6,9 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
-use crate::app::AppState;
 use crate::errors::GatewayError;
 use crate::request::Inbound;
+use crate::state::AppState;
 
 impl<S: Send + Sync> FromRequestParts<S> for Inbound {
     type Rejection = std::convert::Infallible;
@@ -17,7 +17,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Inbound {
         parts: &mut http::request::Parts,
         _: &S,
     ) -> Result<Self, Self::Rejection> {
-        Ok(Inbound::new(&parts.headers, parts.extensions.clone()))
+        Ok(Inbound::new(&parts.headers, &parts.extensions))
     }
 }
 

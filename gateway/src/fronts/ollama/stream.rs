@@ -12,20 +12,12 @@ use http_body_util::BodyExt;
 use meshgate_transports::Body;
 use serde_json::Value;
 
-use super::translate::Translator;
 use crate::errors::GatewayError;
-use crate::http::events::{Event, events};
-use crate::telemetry::observe::{Meter, Tokens};
+use crate::fronts::events::{Event, events};
+use crate::telemetry::meter::{Meter, Tokens};
+use crate::translate::ollama::Translator;
 
 type Lines = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, Infallible>> + Send>>;
-
-/// Ollama's in-band error line.
-fn error_line(error: &GatewayError) -> Bytes {
-    let mut line =
-        serde_json::to_vec(&serde_json::json!({ "error": error.to_string() })).unwrap_or_default();
-    line.push(b'\n');
-    line.into()
-}
 
 fn json_line(value: &Value) -> Bytes {
     let mut line = serde_json::to_vec(value).unwrap_or_default();
@@ -84,8 +76,8 @@ pub fn native(node: Arc<str>, body: Body, meter: Meter) -> Lines {
                             source,
                         };
                         tracing::warn!(error = %error, "stream failed after it started");
-                        s.meter.failed(&error);
-                        return Some((Ok(error_line(&error)), None));
+                        let error = s.meter.fail(error);
+                        return Some((Ok(error.ollama_line()), None));
                     }
                     None if s.partial.is_empty() => return None,
                     None => {
@@ -106,7 +98,7 @@ pub fn translated(node: Arc<str>, body: Body, mut translator: Translator, meter:
         future::ready(match event {
             Ok(Event::Chunk(json)) => translator.chunk(&json).map(|line| Ok(json_line(&line))),
             Ok(Event::Done) => Some(Ok(json_line(&translator.done()))),
-            Err(error) => Some(Ok(error_line(&error))),
+            Err(error) => Some(Ok(error.ollama_line())),
         })
     }))
 }

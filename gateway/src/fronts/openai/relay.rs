@@ -7,92 +7,32 @@
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http_body::{Body, Frame};
-use http_body_util::{BodyExt, Limited};
 use meshgate_transports::TransportError;
 use pin_project_lite::pin_project;
 
 use crate::errors::GatewayError;
+use crate::fronts::{NODE_HEADER, answer};
 use crate::request::Routed;
-use crate::telemetry::observe::{Meter, Tokens};
-use meshgate_proto::openai::Usage;
-use std::time::Duration;
-use tokio::time::Instant;
-
-pub const NODE_HEADER: HeaderName = HeaderName::from_static("x-meshgate-node");
-
-#[derive(serde::Deserialize)]
-struct WithUsage {
-    usage: Option<Usage>,
-}
-
-/// Tokens a streamed answer used: the node's usage report if it sent one, else one per
-/// content chunk (clients that do not ask for usage must not stream for free).
-#[derive(Default)]
-struct StreamUsage {
-    reported: Option<Usage>,
-    chunks: u32,
-}
-
-impl StreamUsage {
-    fn scan(&mut self, events: &[u8]) {
-        for event in events
-            .split(|&b| b == b'\n')
-            .filter_map(|line| line.strip_prefix(b"data: "))
-        {
-            if contains(event, b"\"usage\":{") {
-                if let Ok(WithUsage { usage: Some(usage) }) = serde_json::from_slice(event) {
-                    self.reported = Some(usage);
-                }
-            } else if has_text(event, b"\"content\":\"") || has_text(event, b"\"text\":\"") {
-                self.chunks += 1;
-            }
-        }
-    }
-
-    fn charge(&self, meter: &Meter) {
-        meter.tokens(match &self.reported {
-            Some(usage) => tokens(usage),
-            None => Tokens {
-                input: 0,
-                output: self.chunks,
-            },
-        });
-    }
-}
-
-fn tokens(usage: &Usage) -> Tokens {
-    Tokens {
-        input: usage.prompt_tokens,
-        output: usage.completion_tokens,
-    }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-/// Whether `key` (e.g. `"content":"`) is followed by a non-empty string: the role-only
-/// first chunk carries `"content":""` and is no token.
-fn has_text(event: &[u8], key: &[u8]) -> bool {
-    event
-        .windows(key.len())
-        .position(|w| w == key)
-        .is_some_and(|i| event.get(i + key.len()).is_some_and(|&b| b != b'"'))
-}
+use crate::telemetry::meter::{Meter, StreamTokens, Tokens};
 
 pub async fn relay(
     routed: Routed,
     stream: bool,
     max_bytes: usize,
 ) -> Result<Response, GatewayError> {
-    let Routed { node, response, .. } = routed;
+    let Routed {
+        node,
+        response,
+        meter,
+        ..
+    } = routed;
     let (mut parts, body) = response.into_parts();
-    let meter = Meter::take(&mut parts.extensions);
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::CONTENT_LENGTH);
     if let Ok(value) = HeaderValue::try_from(node.as_ref()) {
@@ -114,41 +54,13 @@ pub async fn relay(
         return Ok(Response::from_parts(parts, axum::body::Body::new(body)));
     }
 
-    let reading = Instant::now();
-    let bytes = read_whole(&node, body, max_bytes)
-        .await
-        .inspect_err(|e| meter.failed(e))?;
-    let body_wait = reading.elapsed();
+    let bytes = answer::whole(&node, body, &meter, max_bytes).await?;
     if meter.is_active() {
-        if let Ok(WithUsage { usage: Some(usage) }) = serde_json::from_slice(&bytes) {
-            meter.tokens(tokens(&usage));
+        if let Some(tokens) = Tokens::from_usage_bytes(&bytes) {
+            meter.tokens(tokens);
         }
     }
-    meter.ready(body_wait);
     Ok(Response::from_parts(parts, axum::body::Body::from(bytes)))
-}
-
-/// A node's whole (non-streaming) body, at most `max_bytes`; a cut body is an error,
-/// never truncated JSON.
-pub async fn read_whole(
-    node: &str,
-    body: meshgate_transports::Body,
-    max_bytes: usize,
-) -> Result<Bytes, GatewayError> {
-    let collected = Limited::new(body, max_bytes)
-        .collect()
-        .await
-        .map_err(|e| match e.downcast::<TransportError>() {
-            Ok(source) => GatewayError::Upstream {
-                node: node.to_owned(),
-                source: *source,
-            },
-            Err(_) => GatewayError::UpstreamTooLarge {
-                node: node.to_owned(),
-                limit: max_bytes,
-            },
-        })?;
-    Ok(collected.to_bytes())
 }
 
 /// Connection-scoped headers (RFC 9110 §7.6.1) describe the node's hop, not ours.
@@ -178,7 +90,7 @@ pin_project! {
         partial: BytesMut,
         done: bool,
         meter: Meter,
-        usage: StreamUsage,
+        tokens: StreamTokens,
     }
 }
 
@@ -190,7 +102,7 @@ impl<B> SseRelay<B> {
             partial: BytesMut::new(),
             done: false,
             meter,
-            usage: StreamUsage::default(),
+            tokens: StreamTokens::default(),
         }
     }
 }
@@ -203,16 +115,6 @@ fn last_event_end(buf: &[u8]) -> Option<usize> {
         .rposition(|w| w == b"\r\n\r\n")
         .map(|i| i + 4);
     lf.max(crlf)
-}
-
-/// The in-band error event that ends a failed stream.
-pub fn error_event(error: &GatewayError) -> Bytes {
-    let json = serde_json::to_vec(&error.envelope()).unwrap_or_default();
-    let mut event = Vec::with_capacity(json.len() + 8);
-    event.extend_from_slice(b"data: ");
-    event.extend_from_slice(&json);
-    event.extend_from_slice(b"\n\n");
-    event.into()
 }
 
 impl<B> Body for SseRelay<B>
@@ -249,28 +151,28 @@ where
                 Some(Err(source)) => {
                     *this.done = true;
                     this.partial.clear();
-                    this.usage.charge(this.meter);
+                    this.meter.tokens(this.tokens.total());
                     let error = GatewayError::Upstream {
                         node: this.node.clone(),
                         source,
                     };
                     this.meter.failed(&error);
                     tracing::warn!(error = %error, "stream failed after it started");
-                    return Poll::Ready(Some(Ok(Frame::data(error_event(&error)))));
+                    return Poll::Ready(Some(Ok(Frame::data(error.sse_event()))));
                 }
                 None => {
                     *this.done = true;
                     let rest = this.partial.split().freeze();
                     if this.meter.is_active() {
-                        this.usage.scan(&rest);
-                        this.usage.charge(this.meter);
+                        this.tokens.events(&rest);
+                        this.meter.tokens(this.tokens.total());
                     }
                     return Poll::Ready((!rest.is_empty()).then(|| Ok(Frame::data(rest))));
                 }
             }
         };
         if this.meter.is_active() {
-            this.usage.scan(&events);
+            this.tokens.events(&events);
         }
         Poll::Ready(Some(Ok(Frame::data(events))))
     }
@@ -283,7 +185,7 @@ where
 #[cfg(test)]
 mod tests {
     use futures_util::stream;
-    use http_body_util::StreamBody;
+    use http_body_util::{BodyExt, StreamBody};
     use meshgate_transports::{Kind, Phase};
 
     use super::*;

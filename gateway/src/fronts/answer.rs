@@ -1,0 +1,50 @@
+//! Reading a node's whole (non-streaming) answer, the same way on every front: bounded
+//! by the response limit, a cut body an error (never truncated JSON), the time spent
+//! reading booked as node time and the answer marked ready on the request's meter, a
+//! failure booked on it.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use meshgate_transports::TransportError;
+use tokio::time::Instant;
+
+use crate::errors::GatewayError;
+use crate::telemetry::meter::Meter;
+
+/// `node`'s whole answer `body`, at most `max_bytes`, booked on `meter`.
+pub async fn whole(
+    node: &str,
+    body: meshgate_transports::Body,
+    meter: &Meter,
+    max_bytes: usize,
+) -> Result<Bytes, GatewayError> {
+    let reading = Instant::now();
+    let bytes = read(node, body, max_bytes)
+        .await
+        .map_err(|e| meter.fail(e))?;
+    meter.ready(reading.elapsed());
+    Ok(bytes)
+}
+
+/// `node`'s whole answer `body`, at most `max_bytes`, with nothing booked (for answers
+/// that are not a request's, such as inventory calls).
+pub async fn read(
+    node: &str,
+    body: meshgate_transports::Body,
+    max_bytes: usize,
+) -> Result<Bytes, GatewayError> {
+    let collected = Limited::new(body, max_bytes)
+        .collect()
+        .await
+        .map_err(|e| match e.downcast::<TransportError>() {
+            Ok(source) => GatewayError::Upstream {
+                node: node.to_owned(),
+                source: *source,
+            },
+            Err(_) => GatewayError::UpstreamTooLarge {
+                node: node.to_owned(),
+                limit: max_bytes,
+            },
+        })?;
+    Ok(collected.to_bytes())
+}

@@ -1,0 +1,171 @@
+//! The node call, at the bottom of the routing stack: one attempt of one request on the
+//! node balance leased. It renders the request for that node (translated when the node
+//! does not speak the request's API), opens the attempt span and hands its context to
+//! the node as `traceparent`, sends through the node's transport, and waits for the
+//! first byte of the answer's body (the first token) within the node's first-byte
+//! timeout: a node that accepts a request but never produces a token is then a failure
+//! another node can still take over. Per-node metrics and the node's breaker and
+//! latency estimate learn the outcome.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::future::BoxFuture;
+use http_body_util::BodyExt;
+use meshgate_transports::{Kind, Phase, TransportError};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::TraceContextExt;
+use tokio::time::Instant;
+
+use crate::errors::GatewayError;
+use crate::nodes::{Lease, Node};
+use crate::request::{Dialect, GatewayRequest, Routed};
+use crate::telemetry::meter::{AttemptOutcome, Meter};
+use crate::telemetry::spans;
+use crate::translate;
+
+/// A request and the node it will be tried on.
+pub struct Leased {
+    pub request: GatewayRequest,
+    pub lease: Lease,
+}
+
+/// Sends a leased request to its node. Stateless: each node carries its transport.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Attempt;
+
+impl tower::Service<Leased> for Attempt {
+    type Response = Routed;
+    type Error = GatewayError;
+    type Future = BoxFuture<'static, Result<Routed, GatewayError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, Leased { request, lease }: Leased) -> Self::Future {
+        Box::pin(attempt(request, lease))
+    }
+}
+
+async fn attempt(request: GatewayRequest, lease: Lease) -> Result<Routed, GatewayError> {
+    let node = Arc::clone(&lease.node.name);
+    let number = request.tried.len() as u32 + 1;
+    let span = request
+        .meter
+        .span()
+        .and_then(|cx| spans::attempt(cx, &lease.node, number as usize));
+    let (mut node_request, dialect) = to_node(&request, &lease.node);
+    if let Some(cx) = &span {
+        spans::inject(cx, node_request.headers_mut());
+    }
+    let sent = Instant::now();
+    let result = send(lease, node_request).await;
+    let waited = sent.elapsed();
+    book(&request.meter, &node, number, waited, &result);
+    if let Some(cx) = &span {
+        let span = cx.span();
+        match &result {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                span.set_attribute(KeyValue::new(
+                    "http.response.status_code",
+                    i64::from(status),
+                ));
+                span.set_attribute(KeyValue::new(
+                    "meshgate.time_to_first_token_ms",
+                    waited.as_secs_f64() * 1e3,
+                ));
+                if response.status().is_server_error() {
+                    spans::fail(&span, spans::status_error(status));
+                } else {
+                    spans::ok(&span);
+                }
+            }
+            Err(e) => spans::fail(&span, e.kind().as_str()),
+        }
+        span.end();
+    }
+    match result {
+        Ok(response) => Ok(Routed {
+            node,
+            dialect,
+            response,
+            meter: Meter::default(),
+        }),
+        Err(source) => Err(GatewayError::Upstream {
+            node: node.to_string(),
+            source,
+        }),
+    }
+}
+
+fn book(
+    meter: &Meter,
+    node: &Arc<str>,
+    number: u32,
+    waited: std::time::Duration,
+    result: &Result<meshgate_transports::Response, TransportError>,
+) {
+    let outcome = match result {
+        Ok(response) => AttemptOutcome::Answered(response.status()),
+        Err(e) => AttemptOutcome::Failed(e),
+    };
+    meter.attempt(node, number, waited, outcome);
+}
+
+/// The HTTP request for `node`, and the API it is asked in. Rendered per attempt: an
+/// Ollama request goes as is to a node that speaks Ollama natively, and translated to
+/// OpenAI's API for one that does not.
+fn to_node(request: &GatewayRequest, node: &Node) -> (meshgate_transports::Request, Dialect) {
+    let operation = request.operation;
+    let (path, body, dialect) = match operation.dialect() {
+        Dialect::Ollama if !node.speaks_ollama() => {
+            let (path, body) =
+                translate::ollama::to_openai(operation, &request.model, &request.body);
+            (path, body, Dialect::OpenAi)
+        }
+        dialect => (operation.path(), request.body.clone(), dialect),
+    };
+    let mut node_request = http::Request::post(path)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .expect("operation paths are valid URIs");
+    node_request.headers_mut().extend(request.headers.clone());
+    (node_request, dialect)
+}
+
+/// Send on the leased node's transport and wait for the first byte of the body.
+async fn send(
+    lease: Lease,
+    request: meshgate_transports::Request,
+) -> Result<meshgate_transports::Response, TransportError> {
+    let in_flight = lease.begin();
+    let node = Arc::clone(in_flight.node());
+    let started = Instant::now();
+    let deadline = started + node.timeouts.first_byte;
+    let timed_out = || {
+        TransportError::new(
+            Phase::FirstByte,
+            Kind::Timeout,
+            format!("no first byte within {:?}", node.timeouts.first_byte),
+        )
+    };
+
+    let call = tower::ServiceExt::oneshot(node.transport.clone(), request);
+    let response = match tokio::time::timeout_at(deadline, call).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => return Err(in_flight.failed(e)),
+        Err(_) => return Err(in_flight.failed(timed_out())),
+    };
+    let (parts, mut body) = response.into_parts();
+    let first = match tokio::time::timeout_at(deadline, body.frame()).await {
+        Ok(Some(Ok(frame))) => Some(frame),
+        Ok(None) => None,
+        // Nothing has reached the client yet, so this is still a pre-first-byte failure.
+        Ok(Some(Err(e))) => return Err(in_flight.failed(e.in_phase(Phase::FirstByte))),
+        Err(_) => return Err(in_flight.failed(timed_out())),
+    };
+    let body = in_flight.answered(parts.status, started.elapsed(), first, body);
+    Ok(http::Response::from_parts(parts, body.boxed_unsync()))
+}

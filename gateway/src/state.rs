@@ -1,0 +1,26 @@
+//! What the fronts share: the routing service they all adapt onto, the nodes (for the
+//! inventory routes), and the size bounds they enforce. Built once in `app.rs`.
+
+use std::sync::Arc;
+
+use crate::errors::GatewayError;
+use crate::nodes::Nodes;
+use crate::request::{GatewayRequest, Routed};
+
+/// The routing stack as the fronts see it.
+pub type RoutingService = tower::util::BoxCloneSyncService<GatewayRequest, Routed, GatewayError>;
+
+/// Size bounds the fronts enforce.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_request_bytes: usize,
+    pub max_response_bytes: usize,
+}
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub routing: RoutingService,
+    pub nodes: Arc<Nodes>,
+    pub limits: Limits,
+}
