@@ -2,7 +2,7 @@
 //   BASE_URL  e.g. http://127.0.0.1:8080 (meshgate) or the simulated node itself
 import http from 'k6/http';
 import { check } from 'k6';
-import { MODEL, options as baseOptions, requestOk, summary } from './lib.js';
+import { MODEL, options as baseOptions, requestOk, summary, setup, teardown } from './lib.js';
 
 export const options = baseOptions({ http_req_failed: ['rate==0'] });
 
@@ -30,4 +30,5 @@ export default function () {
   requestOk.add(passed);
 }
 
+export { setup, teardown };
 export const handleSummary = summary;

@@ -1,7 +1,7 @@
 // REST embeddings: one short input per request.
 import http from 'k6/http';
 import { check } from 'k6';
-import { MODEL, options as baseOptions, requestOk, summary } from './lib.js';
+import { MODEL, options as baseOptions, requestOk, summary, setup, teardown } from './lib.js';
 
 export const options = baseOptions({ http_req_failed: ['rate==0'] });
 
@@ -24,4 +24,5 @@ export default function () {
   requestOk.add(passed);
 }
 
+export { setup, teardown };
 export const handleSummary = summary;

@@ -5,7 +5,7 @@
 import grpc from 'k6/net/grpc';
 import { check } from 'k6';
 import { Rate, Trend } from 'k6/metrics';
-import { MODEL, options as baseOptions, requestOk, summary } from './lib.js';
+import { MODEL, options as baseOptions, requestOk, summary, setup, teardown } from './lib.js';
 
 export const options = baseOptions({ stream_complete: ['rate==1'] });
 
@@ -59,4 +59,5 @@ export default function () {
   stream.end();
 }
 
+export { setup, teardown };
 export const handleSummary = summary;

@@ -3,7 +3,7 @@
 //   GRPC_ADDR  host:port
 import grpc from 'k6/net/grpc';
 import { check } from 'k6';
-import { MODEL, options as baseOptions, requestOk, summary } from './lib.js';
+import { MODEL, options as baseOptions, requestOk, summary, setup, teardown } from './lib.js';
 
 export const options = baseOptions();
 
@@ -30,4 +30,5 @@ export default function () {
   requestOk.add(passed);
 }
 
+export { setup, teardown };
 export const handleSummary = summary;

@@ -2,6 +2,11 @@
 // closed model with a fixed number of virtual users, or a fixed number of iterations),
 // thresholds that fail the run on any error, and the summary file the runner reads.
 //
+// Every script exports this file's `setup` and `teardown`: they print a marker line the
+// runner watches for, so it reads meshgate's CPU time right when the scenario starts
+// (after k6 has initialized its VUs) and right after it ended (graceful stop included),
+// not over k6's own start-up and shutdown.
+//
 // Environment (all optional except BASE_URL / GRPC_ADDR):
 //   EXECUTOR   rate (constant-arrival-rate, default) | vus (constant-vus) | iterations (shared-iterations)
 //   RATE       arrivals per second (rate)                       default 100
@@ -61,6 +66,19 @@ export function options(extraThresholds) {
     // The runner reads the summary file; keep stdout short.
     summaryTimeUnit: 'ms',
   };
+}
+
+// k6 runs setup() once all pre-allocated VUs are initialized, just before the scenario
+// starts, and teardown() once the scenario (and its graceful stop) is over.
+export const WINDOW_START = 'meshgate-loadtest: measured window starts';
+export const WINDOW_END = 'meshgate-loadtest: measured window ends';
+
+export function setup() {
+  console.log(WINDOW_START);
+}
+
+export function teardown() {
+  console.log(WINDOW_END);
 }
 
 export function summary(data) {

@@ -10,7 +10,7 @@
 import http from 'k6/http';
 import { check } from 'k6';
 import { Counter, Rate, Trend } from 'k6/metrics';
-import { MODEL, options as baseOptions, requestOk, summary } from './lib.js';
+import { MODEL, options as baseOptions, requestOk, summary, setup, teardown } from './lib.js';
 
 export const options = baseOptions({
   http_req_failed: ['rate==0'],
@@ -55,4 +55,5 @@ export default function () {
   requestOk.add(passed);
 }
 
+export { setup, teardown };
 export const handleSummary = summary;
