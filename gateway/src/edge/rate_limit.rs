@@ -94,7 +94,7 @@ impl<S> RateLimit<S> {
             tracing::debug!(error = %refusal, "rate limited");
             let mut response = render::respond_in(refusal, request.headers(), request.uri().path());
             response.headers_mut().extend(headers);
-            // For metrics (telemetry::observe::HttpLayer): which limit refused.
+            // For metrics (edge::count): which limit refused.
             response.extensions_mut().insert(scope);
             Box::new(response)
         };
