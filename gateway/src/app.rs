@@ -44,12 +44,13 @@ use tokio::task::JoinHandle;
 use tower::ServiceBuilder;
 use tower::retry::RetryLayer;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::config::Config;
 use crate::edge::count::CountLayer;
+use crate::edge::request_id::MakeRequestUuid;
 use crate::edge::{auth, rate_limit::RateLimitLayer};
 use crate::errors::render::json_error;
 use crate::fronts;

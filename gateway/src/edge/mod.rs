@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod count;
 pub mod rate_limit;
+pub mod request_id;
 
 /// Paths that answer without a key or a rate limit: liveness and readiness probes, which
 /// orchestrators call without credentials.
