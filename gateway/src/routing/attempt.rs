@@ -127,11 +127,18 @@ fn to_node(request: &GatewayRequest, node: &Node) -> (meshgate_transports::Reque
         }
         dialect => (operation.path(), request.body.clone(), dialect),
     };
-    let mut node_request = http::Request::post(path)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(body)
-        .expect("operation paths are valid URIs");
-    node_request.headers_mut().extend(request.headers.clone());
+    let mut node_request = http::Request::new(body);
+    *node_request.method_mut() = http::Method::POST;
+    *node_request.uri_mut() = http::Uri::from_static(path);
+    let headers = node_request.headers_mut();
+    headers.reserve(request.headers.len() + 1);
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    for (name, value) in &request.headers {
+        headers.insert(name, value.clone());
+    }
     (node_request, dialect)
 }
 
