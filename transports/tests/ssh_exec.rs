@@ -147,11 +147,12 @@ async fn shell_rc_noise_before_the_command_is_discarded() {
     let sim = meshgate_sim::Sim::start(SimConfig::default())
         .await
         .unwrap();
-    // bash sources $BASH_ENV for non-interactive commands: make it print garbage,
-    // including something that looks like an HTTP response, and no final newline.
+    // bash run by sshd sources ~/.bashrc (and a bash started from it, $BASH_ENV):
+    // make them print garbage, including something that looks like an HTTP response,
+    // and no final newline.
     let rc_dir = TempDir::new("meshgate-rc");
     let ran = rc_dir.path().join("rc_ran");
-    let rc = rc_dir.path().join("noisy_rc");
+    let rc = rc_dir.path().join(".bashrc");
     std::fs::write(
         &rc,
         format!(
@@ -161,7 +162,11 @@ async fn shell_rc_noise_before_the_command_is_discarded() {
     )
     .unwrap();
     let sshd = TestSshd::start(SshdOptions {
-        sshd_config: vec![format!("SetEnv BASH_ENV={}", rc.display())],
+        sshd_config: vec![format!(
+            "SetEnv HOME={} BASH_ENV={}",
+            rc_dir.path().display(),
+            rc.display()
+        )],
         ..Default::default()
     })
     .await;
