@@ -5,7 +5,8 @@
 //!   └─ Session::new(target, SessionOptions)    one connection, kept up in the background (session.rs)
 //!        │    (each attempt: handshake.rs — TCP/jump, host key, auth.rs, warm-up)
 //!        ├─ ForwardTransport::new(session, port)   HTTP over direct-tcpip channels (forward.rs)
-//!        └─ ExecTransport::new(sessions, port)     curl on the node over exec channels (exec.rs)
+//!        └─ ExecTransport::new(sessions, port)     HTTP through a pipe process per exec channel,
+//!                                                  or curl per request (exec/)
 //! diagnose(&session, port)                      what `meshgate check` prints per node
 //! ```
 //!

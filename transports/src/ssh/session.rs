@@ -15,6 +15,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use russh::client::{Handle, Msg};
@@ -54,6 +55,10 @@ pub struct SessionOptions {
     /// Run `true` after connecting (see the module docs for why). Turn off only for
     /// servers that allow no commands.
     pub warm_up: bool,
+    /// Exec transport: keep a long-lived pipe process per exec channel and send
+    /// keep-alive HTTP through it (at most `max_sessions - 1` per connection). Off:
+    /// one curl per request, as where the pipe cannot start.
+    pub exec_pipe: bool,
 }
 
 impl Default for SessionOptions {
@@ -67,6 +72,7 @@ impl Default for SessionOptions {
             failed_retry_after: Duration::from_secs(30 * 60),
             max_sessions: 10,
             warm_up: true,
+            exec_pipe: true,
         }
     }
 }
@@ -142,6 +148,8 @@ struct Shared {
     options: SessionOptions,
     state: watch::Sender<Conn>,
     session_slots: Arc<Semaphore>,
+    /// Bumped on every successful connect.
+    generation: AtomicU64,
     wake: Notify,
     stats: Arc<super::stats::SshStats>,
 }
@@ -181,6 +189,7 @@ impl Session {
             options,
             state,
             session_slots,
+            generation: AtomicU64::new(0),
             wake: Notify::new(),
             stats,
         });
@@ -219,6 +228,12 @@ impl Session {
                 error: error.clone(),
             },
         }
+    }
+
+    /// Which connection this is: changes on every (re)connect, so what was learned
+    /// about the node's connection can be found out again.
+    pub fn generation(&self) -> u64 {
+        self.shared.generation.load(Ordering::Acquire)
     }
 
     /// Session-channel slots (of `max_sessions`) free right now.
@@ -454,6 +469,7 @@ async fn run(shared: Arc<Shared>) {
                 let since = Instant::now();
                 tracing::info!(node = %target.alias, host_key = connected.host_key.as_str(), "ssh connected");
                 let handle = Arc::new(connected.handle);
+                shared.generation.fetch_add(1, Ordering::AcqRel);
                 shared.state.send_replace(Conn::Up {
                     handle,
                     since,

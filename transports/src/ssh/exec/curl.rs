@@ -1,118 +1,52 @@
-//! The exec transport: each request runs curl on the node, over an SSH exec channel,
-//! against `http://127.0.0.1:<port><path>`. For nodes where port forwarding is off.
+//! The exec transport's fallback: each request runs curl on the node, over its own SSH
+//! exec channel, against `http://127.0.0.1:<port><path>`. Used where the pipe
+//! ([`super::pipe`]) cannot start, e.g. no bash on the node.
 //!
 //! - The request body goes over stdin (`--data-binary @-`), never into the command
 //!   line; every argument is single-quoted, so nothing in a request can run a command.
-//! - The login shell's rc files may print anything before our command runs, so the
-//!   command prints a random marker first and everything before it is discarded.
+//! - The command prints a random marker first ([`super::marker`]); everything the
+//!   login shell printed before it is discarded.
 //! - `curl -i -N` streams the status line, headers and body with no buffering; the
 //!   head is parsed from curl's output, and body bytes are relayed as they arrive.
 //! - The end of the body counts only with curl's exit status 0: a dying connection
 //!   or a curl error after the head is a `Phase::Body` error, never a clean end. curl's
 //!   exit codes map to transport errors (7 refused, 28 timeout, 52/56 closed, 127 curl
 //!   missing).
-//! - Session channels are limited by the server's `MaxSessions`: each session holds a
-//!   bounded number of slots, so extra requests wait for a slot instead of failing.
+//! - Each request holds one of the session's `MaxSessions` slots while its channel is
+//!   open, so extra requests wait for a slot instead of failing.
 //!
 //! Credentials headers (`Authorization`, `Cookie`, ...) are not forwarded: on the node
 //! they would be visible in the process list as curl arguments.
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::future::BoxFuture;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use russh::ChannelMsg;
 use tokio::sync::{mpsc, oneshot};
 
-use super::session::Session;
+use super::marker::{self, MAX_NOISE};
+use crate::ssh::session::Session;
 use crate::{Kind, Phase, Request, Response, TransportError};
 
-/// Most bytes the login shell may print before our marker.
-const MAX_NOISE: usize = 1 << 20;
 /// Largest response head accepted from curl.
 const MAX_HEAD: usize = 64 * 1024;
 /// How long to wait for the node to close a channel we abandoned.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A node's model server reached by running curl on the node. Clones share state.
-#[derive(Clone)]
-pub struct ExecTransport {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    sessions: Vec<Arc<Session>>,
-    port: u16,
-    next: AtomicUsize,
-}
-
-impl ExecTransport {
-    /// Requests go to `http://127.0.0.1:<remote_port>` on the node, spread over
-    /// `sessions` (one or more connections to the same node; each allows
-    /// `SessionOptions::max_sessions` concurrent requests, the rest queue).
-    ///
-    /// # Panics
-    /// If `sessions` is empty.
-    pub fn new(sessions: Vec<Arc<Session>>, remote_port: u16) -> Self {
-        assert!(
-            !sessions.is_empty(),
-            "ExecTransport needs at least one session"
-        );
-        Self {
-            inner: Arc::new(Inner {
-                sessions,
-                port: remote_port,
-                next: AtomicUsize::new(0),
-            }),
-        }
-    }
-
-    pub fn sessions(&self) -> &[Arc<Session>] {
-        &self.inner.sessions
-    }
-
-    fn pick(&self) -> Arc<Session> {
-        let sessions = &self.inner.sessions;
-        let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
-        // Prefer the connection with the most free session slots; round-robin on ties.
-        (0..sessions.len())
-            .map(|i| &sessions[(start + i) % sessions.len()])
-            .max_by_key(|s| s.free_session_slots())
-            .expect("non-empty")
-            .clone()
-    }
-}
-
-impl tower::Service<Request> for ExecTransport {
-    type Response = Response;
-    type Error = TransportError;
-    type Future = BoxFuture<'static, Result<Response, TransportError>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request) -> Self::Future {
-        let session = self.pick();
-        let port = self.inner.port;
-        Box::pin(async move { execute(session, port, req).await })
-    }
-}
-
-async fn execute(
+/// Runs `req` as one curl on the node; the response streams as curl prints it.
+pub(super) async fn execute(
     session: Arc<Session>,
     port: u16,
     req: Request,
 ) -> Result<Response, TransportError> {
     let node = session.target().alias.clone();
-    let marker = format!("MESHGATE-{:032x}", fastrand::u128(..));
+    let marker = marker::new();
     let (parts, body) = req.into_parts();
     let path = parts
         .uri
@@ -228,7 +162,7 @@ impl Pump {
                     }
                     buf.extend_from_slice(&data);
                     if !marker_seen {
-                        match find_marker(&buf, &self.marker) {
+                        match marker::find(&buf, &self.marker) {
                             Some(end) => {
                                 let _ = buf.split_to(end);
                                 marker_seen = true;
@@ -450,18 +384,6 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// Where the output after the marker line starts, if the marker line is complete.
-fn find_marker(buf: &[u8], marker: &[u8]) -> Option<usize> {
-    let at = buf.windows(marker.len()).position(|w| w == marker)?;
-    let after = at + marker.len();
-    match buf.get(after) {
-        Some(b'\n') => Some(after + 1),
-        Some(b'\r') if buf.get(after + 1) == Some(&b'\n') => Some(after + 2),
-        Some(_) => Some(after),
-        None => None,
-    }
-}
-
 /// Parses curl's `-i` output: status line and headers, skipping 1xx interim heads.
 /// Consumes the head from `buf`, leaving body bytes.
 fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, String> {
@@ -655,14 +577,6 @@ mod tests {
             .output()
             .unwrap();
         assert_eq!(String::from_utf8(out.stdout).unwrap(), nasty);
-    }
-
-    #[test]
-    fn marker_is_found_after_noise_with_or_without_newline() {
-        assert_eq!(find_marker(b"noise\nMK\nHTTP", b"MK"), Some(9));
-        assert_eq!(find_marker(b"noiseMK\r\nX", b"MK"), Some(9));
-        assert_eq!(find_marker(b"noise\nMK", b"MK"), None);
-        assert_eq!(find_marker(b"noise\nM", b"MK"), None);
     }
 
     #[test]
