@@ -4,7 +4,7 @@
 //!
 //! - The request body goes over stdin (`--data-binary @-`), never into the command
 //!   line; every argument is single-quoted, so nothing in a request can run a command.
-//! - The command prints a random marker first ([`super::marker`]); everything the
+//! - The command prints a random marker first ([`super::shell`]); everything the
 //!   login shell printed before it is discarded.
 //! - `curl -i -N` streams the status line, headers and body with no buffering; the
 //!   head is parsed from curl's output, and body bytes are relayed as they arrive.
@@ -30,7 +30,7 @@ use http_body_util::BodyExt;
 use russh::ChannelMsg;
 use tokio::sync::{mpsc, oneshot};
 
-use super::marker::{self, MAX_NOISE};
+use super::shell::{self, MAX_NOISE, shell_quote};
 use crate::ssh::session::Session;
 use crate::{Kind, Phase, Request, Response, TransportError};
 
@@ -46,7 +46,7 @@ pub(super) async fn execute(
     req: Request,
 ) -> Result<Response, TransportError> {
     let node = session.target().alias.clone();
-    let marker = marker::new();
+    let marker = shell::marker();
     let (parts, body) = req.into_parts();
     let path = parts
         .uri
@@ -162,7 +162,7 @@ impl Pump {
                     }
                     buf.extend_from_slice(&data);
                     if !marker_seen {
-                        match marker::find(&buf, &self.marker) {
+                        match shell::find_marker(&buf, &self.marker) {
                             Some(end) => {
                                 let _ = buf.split_to(end);
                                 marker_seen = true;
@@ -475,21 +475,6 @@ fn skip_request_header(name: &HeaderName) -> bool {
         )
 }
 
-/// POSIX shell single-quoting: safe for any bytes but NUL.
-pub fn shell_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('\'');
-    for c in s.chars() {
-        if c == '\'' {
-            out.push_str("'\\''");
-        } else {
-            out.push(c);
-        }
-    }
-    out.push('\'');
-    out
-}
-
 fn curl_command(
     marker: &str,
     method: &Method,
@@ -567,17 +552,6 @@ impl http_body::Body for ExecBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quoting_survives_a_real_shell() {
-        let nasty = "a'b\"c$(touch /tmp/x)`id`;\n\\ \t*?~!{}";
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!("printf %s {}", shell_quote(nasty)))
-            .output()
-            .unwrap();
-        assert_eq!(String::from_utf8(out.stdout).unwrap(), nasty);
-    }
 
     #[test]
     fn parses_head_skipping_interim_and_hop_by_hop() {

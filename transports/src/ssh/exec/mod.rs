@@ -12,8 +12,8 @@
 //! their channels are open, so requests beyond them wait instead of failing.
 
 mod curl;
-mod marker;
 mod pipe;
+mod shell;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,7 +21,7 @@ use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
 
-pub use curl::shell_quote;
+pub use shell::shell_quote;
 
 use super::session::Session;
 use crate::{Phase, Request, Response, TransportError};

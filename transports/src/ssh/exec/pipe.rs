@@ -38,8 +38,7 @@ use russh::ChannelMsg;
 use russh::client::Msg;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::curl::shell_quote;
-use super::marker::{self, MAX_NOISE};
+use super::shell::{self, MAX_NOISE, shell_quote};
 use crate::ssh::channel_io::{ChannelIo, HyperChannel};
 use crate::ssh::session::Session;
 use crate::{Kind, Phase, Request, Response, TransportError};
@@ -212,7 +211,7 @@ async fn start(
     node: &str,
     port: u16,
 ) -> Result<ChannelIo, Failed> {
-    let marker = marker::new();
+    let marker = shell::marker();
     if let Err(e) = channel.exec(true, pipe_command(&marker, port)).await {
         return Err(Failed::Error(
             TransportError::new(
@@ -232,7 +231,7 @@ async fn start(
         match msg {
             ChannelMsg::Data { data } => {
                 out.extend_from_slice(&data);
-                if let Some(end) = marker::find(&out, marker.as_bytes()) {
+                if let Some(end) = shell::find_marker(&out, marker.as_bytes()) {
                     let rest = out.split_off(end).freeze();
                     return Ok(ChannelIo::new(channel)
                         .with_unread(rest)
