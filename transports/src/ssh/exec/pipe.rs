@@ -37,6 +37,7 @@ use hyper_util::client::legacy::Client;
 use russh::ChannelMsg;
 use russh::client::Msg;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use super::shell::{self, MAX_NOISE, shell_quote};
 use crate::ssh::channel_io::{ChannelIo, HyperChannel};
@@ -168,16 +169,8 @@ impl tower::Service<Uri> for PipeConnector {
                 .expect("never closed");
             let (channel, session_slot) = this.session.open_session_channel().await?;
             let generation = this.session.generation();
-            let started = tokio::time::timeout(wait, start(channel, session_slot, node, this.port))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Failed::Error(TransportError::new(
-                        Phase::Connect,
-                        Kind::Timeout,
-                        format!("the exec pipe on {node} did not start within {wait:?}"),
-                    )))
-                });
-            match started {
+            let deadline = Instant::now() + wait;
+            match start(channel, session_slot, node, this.port, deadline).await {
                 Ok(io) => {
                     this.detected.record(generation, true, "");
                     Ok(HyperChannel::new(io.holding(pipe_slot)))
@@ -203,13 +196,14 @@ enum Failed {
     Error(TransportError),
 }
 
-/// Runs the pipe command on `channel` and reads up to its marker; the channel is then
-/// a byte stream to the model server.
+/// Runs the pipe command on `channel` and reads up to its marker (by `deadline`); the
+/// channel is then a byte stream to the model server.
 async fn start(
     mut channel: russh::Channel<Msg>,
     session_slot: OwnedSemaphorePermit,
     node: &str,
     port: u16,
+    deadline: Instant,
 ) -> Result<ChannelIo, Failed> {
     let marker = shell::marker();
     if let Err(e) = channel.exec(true, pipe_command(&marker, port)).await {
@@ -225,9 +219,23 @@ async fn start(
     let mut out = BytesMut::new();
     let mut stderr = Vec::new();
     let mut exit_status = None;
-    let mut refused = false;
     let mut closed = false;
-    while let Some(msg) = channel.wait().await {
+    loop {
+        let msg = match tokio::time::timeout_at(deadline, channel.wait()).await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => break,
+            Err(_) => {
+                // A login shell that hangs (an rc file waiting for input?). Dropping a
+                // ChannelIo ends the command's stdin, then closes the channel, and
+                // frees the slot once the node is done with it.
+                drop(ChannelIo::new(channel).holding(session_slot));
+                return Err(Failed::Error(TransportError::new(
+                    Phase::Connect,
+                    Kind::Timeout,
+                    format!("the exec pipe on {node} did not start in time"),
+                )));
+            }
+        };
         match msg {
             ChannelMsg::Data { data } => {
                 out.extend_from_slice(&data);
@@ -238,8 +246,6 @@ async fn start(
                         .holding(session_slot));
                 }
                 if out.len() > MAX_NOISE {
-                    // Dropping a ChannelIo closes the channel and keeps the slot until
-                    // the node has closed it too.
                     drop(ChannelIo::new(channel).holding(session_slot));
                     return Err(Failed::Error(TransportError::new(
                         Phase::Connect,
@@ -255,8 +261,12 @@ async fn start(
             }
             ChannelMsg::ExitStatus { exit_status: s } => exit_status = Some(s),
             ChannelMsg::Failure => {
-                refused = true;
+                // No command runs; close and go (russh swallows the CLOSE answering
+                // ours, so there is nothing to wait for).
                 let _ = channel.close().await;
+                return Err(Failed::Unavailable(
+                    "the node refused to run a command".to_owned(),
+                ));
             }
             ChannelMsg::Close => {
                 closed = true;
@@ -292,7 +302,6 @@ async fn start(
         )));
     }
     let why = match exit_status {
-        _ if refused => "the node refused to run a command".to_owned(),
         Some(NO_CAT) => "no `cat` on the node".to_owned(),
         Some(OLD_BASH) => "bash older than 4.3 (no `wait -n`)".to_owned(),
         Some(CONNECT_FAILED) => format!("bash cannot open /dev/tcp: {}", last_line(stderr)),
