@@ -68,6 +68,7 @@ both_modes!(
     model_server_down_is_a_refused_connect,
     response_cut_by_the_model_server_is_a_body_error,
     killed_connection_fails_in_flight_requests_then_reconnects,
+    an_abandoned_response_gives_its_session_slot_back,
 );
 
 async fn openai_surface_through_exec(mode: Mode) {
@@ -624,7 +625,7 @@ async fn closing_server(idle: Duration) -> (u16, Arc<std::sync::atomic::AtomicUs
 
 #[tokio::test]
 async fn model_server_closing_idle_connections_ends_the_pipe() {
-    let (port, connections) = closing_server(Duration::from_millis(300)).await;
+    let (port, connections) = closing_server(Duration::from_secs(1)).await;
     let sshd = TestSshd::start(SshdOptions::default()).await;
     let transport = ExecTransport::new(vec![sshd.session()], port);
     for round in 1..=3 {
@@ -692,4 +693,33 @@ async fn pipes_leave_a_session_slot_free_and_requests_beyond_them_queue() {
     );
     assert_eq!(least_free, 1, "pipes should fill all but one slot");
     assert!(!sshd.log().contains("no more sessions"), "{}", sshd.log());
+}
+
+async fn an_abandoned_response_gives_its_session_slot_back(mode: Mode) {
+    let cfg = SimConfig {
+        token_delay: Duration::from_millis(50),
+        tokens: 400,
+        ..SimConfig::default()
+    };
+    let (sim, sshd) = node(cfg, SshdOptions::default()).await;
+    let session = session(&sshd, mode);
+    let transport = ExecTransport::new(vec![session.clone()], sim.addr().port());
+    let mut body = transport.oneshot(chat(true)).await.unwrap().into_body();
+    body.frame().await.unwrap().unwrap();
+    assert!(session.free_session_slots() < session.options().max_sessions);
+    // The client went away mid-stream (a 20 s stream): the node's command ends and the
+    // slot comes back well before the stream would have.
+    drop(body);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while session.free_session_slots() < session.options().max_sessions {
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned channel still holds its slot"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eventually("nothing left running on the node", || {
+        pipe_processes(&sshd).is_empty()
+    })
+    .await;
 }

@@ -21,7 +21,6 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -36,8 +35,6 @@ use crate::{Kind, Phase, Request, Response, TransportError};
 
 /// Largest response head accepted from curl.
 const MAX_HEAD: usize = 64 * 1024;
-/// How long to wait for the node to close a channel we abandoned.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs `req` as one curl on the node; the response streams as curl prints it.
 pub(super) async fn execute(
@@ -148,12 +145,16 @@ impl Pump {
         let mut outcome = Outcome::default();
         let mut abandoned = false;
         loop {
+            if abandoned {
+                // Closed by us: no more messages will come (see `abandon`).
+                return;
+            }
             let Some(msg) = self.read.wait().await else {
                 outcome.lost = true;
                 break;
             };
             match msg {
-                ChannelMsg::Data { data } if !abandoned => {
+                ChannelMsg::Data { data } => {
                     if self.head_tx.is_none() {
                         if self.body_tx.send(Ok(data)).await.is_err() {
                             abandoned = self.abandon().await;
@@ -219,15 +220,15 @@ impl Pump {
                     outcome.exit_signal = Some(format!("{signal_name:?}"))
                 }
                 ChannelMsg::Failure => {
+                    // No command runs. Close and stop: russh swallows the CLOSE that
+                    // answers ours, so waiting for it would hang this request.
                     outcome.exec_refused = true;
                     let _ = self.write.close().await;
+                    break;
                 }
                 ChannelMsg::Close => break,
                 _ => {}
             }
-        }
-        if abandoned {
-            return;
         }
         if outcome.exit_status == Some(0) && !outcome.lost && self.head_tx.is_none() {
             // Clean end: dropping body_tx ends the body.
@@ -255,19 +256,14 @@ impl Pump {
         }
     }
 
-    /// Nobody wants the rest: close the channel, then keep draining until the node
-    /// closes it too (so its MaxSessions slot is free before our permit is) or a
-    /// timeout. Returns true.
+    /// Nobody wants the rest: close the channel. Returns true.
+    ///
+    /// Nothing to wait for after that: russh swallows the node's CLOSE that answers
+    /// ours (and drops late data). The node frees the MaxSessions slot a moment later,
+    /// once curl died of the closed pipe; `Session::open_session_channel` retries a
+    /// refused open meanwhile.
     async fn abandon(&mut self) -> bool {
         let _ = self.write.close().await;
-        let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
-            while let Some(msg) = self.read.wait().await {
-                if matches!(msg, ChannelMsg::Close) {
-                    break;
-                }
-            }
-        })
-        .await;
         true
     }
 
