@@ -6,8 +6,12 @@
 //! ```
 //!
 //! - sequential latency p50/p99: direct local HTTP vs the forward transport;
-//! - exec transport vs one `ssh -F cfg node curl ...` process per request, sequential
-//!   and 8 at a time (throughput).
+//! - the exec transport's two ways, in the same run: pipe (keep-alive HTTP through one
+//!   bash per exec channel, the default) and curl per request (the fallback), with the
+//!   forward transport for reference: sequential latency, and throughput one and 4 at a
+//!   time; and one `ssh -F cfg node curl ...` process per request, sequential and 8 at
+//!   a time. Measured twice: with the user's login shell as configured and with a lean
+//!   one (HOME pointed at an empty directory, so no ~/.bashrc).
 
 use std::time::Duration;
 
@@ -15,8 +19,8 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use meshgate_sim::{Sim, SimConfig};
 use meshgate_transports::local::{LocalConfig, LocalTransport};
-use meshgate_transports::ssh::testing::{SshdOptions, TempDir, TestSshd};
-use meshgate_transports::ssh::{ExecTransport, ForwardTransport};
+use meshgate_transports::ssh::testing::{SshdOptions, TestSshd, test_session_options};
+use meshgate_transports::ssh::{ExecTransport, ForwardTransport, Session, SessionOptions};
 use meshgate_transports::{Request, Response, TransportError};
 use tokio::time::Instant;
 use tower::ServiceExt;
@@ -132,34 +136,102 @@ async fn main() {
     drop(session);
     drop(sshd);
 
-    // Exec pays the node's login shell on every request, so measure twice: with the
-    // user's shell rc files as they are, and with a lean shell (HOME pointed at an
-    // empty directory, so bash finds no ~/.bashrc).
-    let empty_home = TempDir::new("meshgate-bench-home");
-    for (label, sshd_config) in [
-        ("login shell as configured for this user", vec![]),
-        (
-            "lean shell (no ~/.bashrc)",
-            vec![format!("SetEnv HOME={}", empty_home.path().display())],
-        ),
+    // Curl per request pays the node's login shell on every request (a pipe only when
+    // it starts), so measure twice: with the user's shell rc files as they are, and
+    // with a lean shell (HOME pointed at an empty directory, so bash finds no ~/.bashrc).
+    for (label, empty_home) in [
+        ("lean shell (no ~/.bashrc)", true),
+        ("login shell as configured for this user", false),
     ] {
         let sshd = TestSshd::start(SshdOptions {
-            sshd_config,
+            empty_home,
             ..SshdOptions::default()
         })
         .await;
+        exec_modes(label, &sshd, port).await;
         exec_vs_process(label, &sshd, port).await;
     }
 }
 
+/// Pipe vs curl per request, forward for reference; each on its own connection.
+async fn exec_modes(label: &str, sshd: &TestSshd, port: u16) {
+    let connect = |exec_pipe: bool| {
+        Session::new(
+            sshd.target(),
+            SessionOptions {
+                exec_pipe,
+                ..test_session_options()
+            },
+        )
+    };
+    let (pipe_session, curl_session, forward_session) =
+        (connect(true), connect(false), connect(true));
+    for s in [&pipe_session, &curl_session, &forward_session] {
+        s.wait_connected().await.expect("ssh connect");
+    }
+    let pipe = ExecTransport::new(vec![pipe_session], port);
+    let curl = ExecTransport::new(vec![curl_session], port);
+    let forward = ForwardTransport::new(forward_session, port);
+    println!("exec transport, pipe vs curl per request (forward for reference), {label}:");
+    println!(" sequential latency, GET /v1/models:");
+    let (c50, _) = latency("exec, curl per request", &curl, models, 300).await;
+    let (p50, _) = latency("exec, pipe", &pipe, models, 2000).await;
+    latency("forward", &forward, models, 2000).await;
+    println!(
+        "  exec p50: curl {c50:.3} ms -> pipe {p50:.3} ms ({:.1}x)",
+        c50 / p50
+    );
+    println!(" sequential latency, streamed chat (16 tokens):");
+    latency("exec, curl per request", &curl, chat, 300).await;
+    latency("exec, pipe", &pipe, chat, 1000).await;
+    latency("forward", &forward, chat, 1000).await;
+    println!(" throughput, GET /v1/models:");
+    let req = |t: ExecTransport| {
+        move || {
+            let t = t.clone();
+            async move {
+                once(&t, models()).await;
+            }
+        }
+    };
+    let fwd = move || {
+        let t = forward.clone();
+        async move {
+            once(&t, models()).await;
+        }
+    };
+    let c1 = throughput(
+        "exec, curl per request, 1 at a time",
+        300,
+        1,
+        req(curl.clone()),
+    )
+    .await;
+    let p1 = throughput("exec, pipe, 1 at a time", 3000, 1, req(pipe.clone())).await;
+    throughput("forward, 1 at a time", 3000, 1, fwd.clone()).await;
+    let c4 = throughput("exec, curl per request, 4 at a time", 400, 4, req(curl)).await;
+    let p4 = throughput("exec, pipe, 4 at a time", 4000, 4, req(pipe)).await;
+    throughput("forward, 4 at a time", 4000, 4, fwd).await;
+    println!(
+        "  exec pipe / curl: 1 at a time {:.1}x, 4 at a time {:.1}x",
+        p1 / c1,
+        p4 / c4
+    );
+}
+
 async fn exec_vs_process(label: &str, sshd: &TestSshd, port: u16) {
-    let session = sshd.session();
+    let session = Session::new(
+        sshd.target(),
+        SessionOptions {
+            exec_pipe: false,
+            ..test_session_options()
+        },
+    );
     session.wait_connected().await.expect("ssh connect");
     let exec = ExecTransport::new(vec![session.clone()], port);
     println!(
-        "exec transport vs a new `ssh ... curl` process per request, GET /v1/models, {label}:"
+        "exec transport (curl per request) vs a new `ssh ... curl` process per request, GET /v1/models, {label}:"
     );
-    latency("exec (curl over ssh exec)", &exec, models, 200).await;
     let cfg = sshd.ssh_config.clone();
     let url = format!("http://127.0.0.1:{port}/v1/models");
     let ssh_once = move || {

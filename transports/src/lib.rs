@@ -42,3 +42,14 @@ pub fn full_body(bytes: impl Into<Bytes>) -> Body {
         .map_err(|never| match never {})
         .boxed_unsync()
 }
+
+/// `response` with `guard` kept alive until its body is dropped (a permit, a counter).
+pub(crate) fn holding_until_done<G: Send + 'static>(response: Response, guard: G) -> Response {
+    response.map(|body| {
+        body.map_err(move |e| {
+            let _ = &guard;
+            e
+        })
+        .boxed_unsync()
+    })
+}

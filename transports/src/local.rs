@@ -12,7 +12,6 @@ use http::{HeaderValue, Uri};
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
 use crate::{Kind, Phase, Request, Response, TransportError};
 
@@ -73,9 +72,7 @@ impl LocalTransport {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
+        let client = crate::pooled::client(connector);
         Ok(Self {
             client,
             scheme,

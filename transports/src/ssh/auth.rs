@@ -4,20 +4,36 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use russh::client::Handle;
+use russh::client::{Handle, Handler};
 use russh::keys::agent::AgentIdentity;
 use russh::keys::agent::client::AgentClient;
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey};
 
 use super::config::SshTarget;
 use super::known_hosts::fingerprint;
-use super::session::{Client, SessionError};
 use crate::Kind;
 
-pub(crate) async fn authenticate(
-    handle: &mut Handle<Client>,
+/// Why authentication failed: every key was refused (`Kind::Auth`), or the connection
+/// dropped on the way (`Kind::Closed`).
+#[derive(Debug)]
+pub(crate) struct AuthError {
+    pub kind: Kind,
+    pub message: String,
+}
+
+impl AuthError {
+    fn new(kind: Kind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+pub(crate) async fn authenticate<H: Handler>(
+    handle: &mut Handle<H>,
     target: &SshTarget,
-) -> Result<(), SessionError> {
+) -> Result<(), AuthError> {
     let mut tried: Vec<String> = Vec::new();
     let mut encrypted: Vec<PathBuf> = Vec::new();
     let who = format!(
@@ -95,7 +111,7 @@ pub(crate) async fn authenticate(
             )
             .await
             .map_err(|e| {
-                SessionError::new(
+                AuthError::new(
                     Kind::Closed,
                     format!("{who}: connection failed during authentication: {e}"),
                 )
@@ -147,10 +163,10 @@ pub(crate) async fn authenticate(
         }
         m
     };
-    Err(SessionError::new(Kind::Auth, message))
+    Err(AuthError::new(Kind::Auth, message))
 }
 
-async fn rsa_hash(handle: &Handle<Client>, key: &PublicKey) -> Option<HashAlg> {
+async fn rsa_hash<H: Handler>(handle: &Handle<H>, key: &PublicKey) -> Option<HashAlg> {
     if !key.algorithm().is_rsa() {
         return None;
     }

@@ -7,23 +7,18 @@
 //! [`ChannelIo`]s, so a connection that dies mid-response is a body error, never a
 //! clean end.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::Uri;
 use http_body_util::Full;
-use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use super::channel_io::ChannelIo;
+use super::channel_io::HyperChannel;
 use super::session::Session;
-use crate::{Kind, Phase, Request, Response, TransportError};
+use crate::{Request, Response, TransportError};
 
 /// A node's model server reached through SSH port forwarding. Clones share the pool.
 #[derive(Clone)]
@@ -46,9 +41,7 @@ impl ForwardTransport {
             host: remote_host.into(),
             port: remote_port,
         };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
+        let client = crate::pooled::client(connector);
         let authority = format!("{remote_host}:{remote_port}")
             .parse()
             .expect("host and port form an authority");
@@ -74,25 +67,7 @@ impl tower::Service<Request> for ForwardTransport {
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let (mut parts, body) = req.into_parts();
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        parts.uri = match Uri::builder()
-            .scheme("http")
-            .authority(self.authority.clone())
-            .path_and_query(path)
-            .build()
-        {
-            Ok(uri) => uri,
-            Err(e) => {
-                return Box::pin(async move {
-                    Err(
-                        TransportError::new(Phase::Send, Kind::Config, "bad request path")
-                            .with_source(e),
-                    )
-                });
-            }
-        };
-        crate::pooled::send(&self.client, http::Request::from_parts(parts, body))
+        crate::pooled::send_to(&self.client, &self.authority, req)
     }
 }
 
@@ -105,9 +80,9 @@ struct SshConnector {
 }
 
 impl tower::Service<Uri> for SshConnector {
-    type Response = SshConn;
+    type Response = HyperChannel;
     type Error = TransportError;
-    type Future = BoxFuture<'static, Result<SshConn, TransportError>>;
+    type Future = BoxFuture<'static, Result<HyperChannel, TransportError>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
@@ -120,44 +95,7 @@ impl tower::Service<Uri> for SshConnector {
                 .session
                 .open_direct_tcpip(&this.host, this.port)
                 .await?;
-            Ok(SshConn(TokioIo::new(io)))
+            Ok(HyperChannel::new(io))
         })
-    }
-}
-
-/// One pooled HTTP connection: a direct-tcpip channel.
-struct SshConn(TokioIo<ChannelIo>);
-
-impl Connection for SshConn {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
-}
-
-impl Read for SshConn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl Write for SshConn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }

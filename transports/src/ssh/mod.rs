@@ -3,8 +3,10 @@
 //! ```text
 //! SshTarget::resolve(alias, &ResolveOptions)   settings from the OpenSSH config (config.rs)
 //!   └─ Session::new(target, SessionOptions)    one connection, kept up in the background (session.rs)
+//!        │    (each attempt: handshake.rs — TCP/jump, host key, auth.rs, warm-up)
 //!        ├─ ForwardTransport::new(session, port)   HTTP over direct-tcpip channels (forward.rs)
-//!        └─ ExecTransport::new(sessions, port)     curl on the node over exec channels (exec.rs)
+//!        └─ ExecTransport::new(sessions, port)     HTTP through a pipe process per exec channel,
+//!                                                  or curl per request (exec/)
 //! diagnose(&session, port)                      what `meshgate check` prints per node
 //! ```
 //!
@@ -17,6 +19,7 @@ pub mod config;
 pub mod diagnose;
 pub mod exec;
 pub mod forward;
+mod handshake;
 pub mod known_hosts;
 pub mod session;
 pub mod stats;

@@ -1,32 +1,35 @@
 //! One SSH connection to a node, kept up in the background.
 //!
-//! [`Session::new`] returns at once and spawns a task that connects (through ProxyJump
-//! hops if configured), verifies the host key, authenticates, runs one warm-up exec
-//! (which makes OpenSSH < 10.1 turn on TCP_NODELAY: without it every later
-//! direct-tcpip channel pays ~44 ms of Nagle + delayed ACK), and then waits for the
-//! connection to drop and reconnects with jittered exponential backoff. Host-key,
-//! authentication and config failures are not retried in a loop: the session enters
-//! [`SessionState::Failed`] and only tries again after a long pause or
-//! [`Session::reconnect_now`].
+//! [`Session::new`] returns at once and spawns a task that connects (the handshake in
+//! [`super::handshake`]: through ProxyJump hops if configured, host-key check,
+//! authentication, one warm-up exec, which makes OpenSSH < 10.1 turn on TCP_NODELAY:
+//! without it every later direct-tcpip channel pays ~44 ms of Nagle + delayed ACK),
+//! and then waits for the connection to drop and reconnects with jittered exponential
+//! backoff. Host-key, authentication and config failures are not retried in a loop:
+//! the session enters [`SessionState::Failed`] and only tries again after a long pause
+//! or [`Session::reconnect_now`].
 //!
 //! Many channels share the one connection: direct-tcpip channels (forward transport)
 //! without limit, session channels (exec, probes) bounded by a semaphore sized to the
 //! server's `MaxSessions`, so request 11 waits instead of being refused.
 
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use russh::client::{self, Handle, Msg};
-use russh::keys::PublicKeyOrCertificate;
-use russh::{Channel, ChannelMsg, ChannelOpenFailure, Preferred};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot, watch};
+use russh::client::{Handle, Msg};
+use russh::{Channel, ChannelOpenFailure};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 
 use super::channel_io::ChannelIo;
 use super::config::SshTarget;
-use super::known_hosts::{self, HostKeyStatus};
+use super::handshake::{self, Client, HandshakeOptions};
+use super::known_hosts::HostKeyStatus;
 use crate::{Kind, Phase, TransportError};
+
+pub use super::handshake::SessionError;
 
 /// Tuning for one node's SSH connection. The defaults suit a LAN or the internet.
 #[derive(Debug, Clone)]
@@ -52,6 +55,10 @@ pub struct SessionOptions {
     /// Run `true` after connecting (see the module docs for why). Turn off only for
     /// servers that allow no commands.
     pub warm_up: bool,
+    /// Exec transport: keep a long-lived pipe process per exec channel and send
+    /// keep-alive HTTP through it (at most `max_sessions - 1` per connection). Off:
+    /// one curl per request, as where the pipe cannot start.
+    pub exec_pipe: bool,
 }
 
 impl Default for SessionOptions {
@@ -65,50 +72,20 @@ impl Default for SessionOptions {
             failed_retry_after: Duration::from_secs(30 * 60),
             max_sessions: 10,
             warm_up: true,
+            exec_pipe: true,
         }
     }
 }
 
-/// Why the session is not connected: the kind decides whether it is retried soon.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionError {
-    pub kind: Kind,
-    pub message: String,
-    /// The host-key check's outcome, if the attempt got that far.
-    pub host_key: Option<HostKeyStatus>,
-}
-
-impl SessionError {
-    pub fn new(kind: Kind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-            host_key: None,
+impl SessionOptions {
+    pub(crate) fn handshake(&self) -> HandshakeOptions {
+        HandshakeOptions {
+            keepalive_interval: self.keepalive_interval,
+            channel_open_timeout: self.channel_open_timeout,
+            warm_up: self.warm_up,
         }
     }
-
-    pub fn with_host_key(mut self, status: HostKeyStatus) -> Self {
-        self.host_key = Some(status);
-        self
-    }
-
-    /// Host-key, auth and config problems need a human; retrying cannot fix them.
-    pub fn is_fatal(&self) -> bool {
-        matches!(self.kind, Kind::HostKey | Kind::Auth | Kind::Config)
-    }
-
-    pub fn to_transport(&self) -> TransportError {
-        TransportError::new(Phase::Connect, self.kind, self.message.clone())
-    }
 }
-
-impl fmt::Display for SessionError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({})", self.message, self.kind.as_str())
-    }
-}
-
-impl std::error::Error for SessionError {}
 
 /// The connection's state, for health checks and status pages.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,6 +148,8 @@ struct Shared {
     options: SessionOptions,
     state: watch::Sender<Conn>,
     session_slots: Arc<Semaphore>,
+    /// Bumped on every successful connect.
+    generation: AtomicU64,
     wake: Notify,
     stats: Arc<super::stats::SshStats>,
 }
@@ -210,6 +189,7 @@ impl Session {
             options,
             state,
             session_slots,
+            generation: AtomicU64::new(0),
             wake: Notify::new(),
             stats,
         });
@@ -248,6 +228,12 @@ impl Session {
                 error: error.clone(),
             },
         }
+    }
+
+    /// Which connection this is: changes on every (re)connect, so what was learned
+    /// about the node's connection can be found out again.
+    pub fn generation(&self) -> u64 {
+        self.shared.generation.load(Ordering::Acquire)
     }
 
     /// Session-channel slots (of `max_sessions`) free right now.
@@ -420,292 +406,6 @@ fn open_error(target: &SshTarget, what: &str, e: russh::Error) -> TransportError
     }
 }
 
-/// The russh client handler: checks the host key, and tells the session task when the
-/// connection is gone (by being dropped with russh's connection task).
-pub(crate) struct Client {
-    target: SshTarget,
-    host_key: Arc<Mutex<Option<HostKeyStatus>>>,
-    disconnect_reason: Arc<Mutex<Option<String>>>,
-    _closed: oneshot::Sender<()>,
-    /// The hop this connection runs through, kept alive as long as we are.
-    _jump: Option<Arc<Handle<Client>>>,
-}
-
-impl client::Handler for Client {
-    type Error = russh::Error;
-
-    async fn check_server_key(
-        &mut self,
-        key: &PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        let status = match key {
-            PublicKeyOrCertificate::PublicKey { key, .. } => known_hosts::verify(&self.target, key),
-            PublicKeyOrCertificate::Certificate(cert) => HostKeyStatus::Unknown {
-                fingerprint: format!(
-                    "certificate for {}",
-                    known_hosts::fingerprint(&cert.public_key().clone().into())
-                ),
-            },
-        };
-        let accepted = status.is_accepted();
-        *self.host_key.lock().expect("not poisoned") = Some(status);
-        Ok(accepted)
-    }
-
-    async fn disconnected(
-        &mut self,
-        reason: client::DisconnectReason<Self::Error>,
-    ) -> Result<(), Self::Error> {
-        let text = match &reason {
-            client::DisconnectReason::ReceivedDisconnect(info) => {
-                format!("node disconnected: {}", info.message)
-            }
-            client::DisconnectReason::Error(e) => e.to_string(),
-        };
-        *self.disconnect_reason.lock().expect("not poisoned") = Some(text);
-        match reason {
-            client::DisconnectReason::ReceivedDisconnect(_) => Ok(()),
-            client::DisconnectReason::Error(e) => Err(e),
-        }
-    }
-}
-
-pub(crate) struct Connected {
-    pub handle: Handle<Client>,
-    pub closed: oneshot::Receiver<()>,
-    pub disconnect_reason: Arc<Mutex<Option<String>>>,
-    pub host_key: HostKeyStatus,
-}
-
-fn russh_config(target: &SshTarget, options: &SessionOptions) -> client::Config {
-    let key = known_hosts::preferred_algorithms(target, &Preferred::DEFAULT.key);
-    client::Config {
-        nodelay: true,
-        keepalive_interval: Some(
-            target
-                .server_alive_interval
-                .unwrap_or(options.keepalive_interval),
-        ),
-        keepalive_max: target.server_alive_count_max.max(1) as usize,
-        preferred: Preferred {
-            key: key.into(),
-            ..Preferred::DEFAULT
-        },
-        ..Default::default()
-    }
-}
-
-/// Connects, checks the host key, authenticates and warms up one hop (recursively
-/// through its jump hosts). Bounded by the caller's timeout.
-pub(crate) async fn connect(
-    target: &SshTarget,
-    options: &SessionOptions,
-) -> Result<Connected, SessionError> {
-    let who = format!("{} ({}:{})", target.alias, target.host, target.port);
-    let host_key = Arc::new(Mutex::new(None));
-    let disconnect_reason = Arc::new(Mutex::new(None));
-    let (closed_tx, closed) = oneshot::channel();
-    let config = Arc::new(russh_config(target, options));
-
-    let (result, jump) = match &target.jump {
-        None => {
-            let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
-                .await
-                .map_err(|e| {
-                    let kind = match e.kind() {
-                        std::io::ErrorKind::ConnectionRefused => Kind::Refused,
-                        std::io::ErrorKind::TimedOut => Kind::Timeout,
-                        _ => Kind::Closed,
-                    };
-                    SessionError::new(kind, format!("cannot reach sshd of {who}: {e}"))
-                })?;
-            let _ = tcp.set_nodelay(true);
-            let handler = Client {
-                target: target.clone(),
-                host_key: host_key.clone(),
-                disconnect_reason: disconnect_reason.clone(),
-                _closed: closed_tx,
-                _jump: None,
-            };
-            (client::connect_stream(config, tcp, handler).await, None)
-        }
-        Some(jump_target) => {
-            let hop = Box::pin(connect(jump_target, options))
-                .await
-                .map_err(|e| SessionError {
-                    kind: e.kind,
-                    message: format!(
-                        "jump host {} for {}: {}",
-                        jump_target.alias, target.alias, e.message
-                    ),
-                    host_key: None,
-                })?;
-            let hop = Arc::new(hop.handle);
-            let channel = tokio::time::timeout(
-                options.channel_open_timeout,
-                hop.channel_open_direct_tcpip(
-                    target.host.as_str(),
-                    target.port.into(),
-                    "127.0.0.1",
-                    0,
-                ),
-            )
-            .await
-            .map_err(|_| {
-                SessionError::new(
-                    Kind::Timeout,
-                    format!(
-                        "jump host {} did not open a channel to {who}",
-                        jump_target.alias
-                    ),
-                )
-            })?
-            .map_err(|e| {
-                let kind = if matches!(e, russh::Error::ChannelOpenFailure(_)) {
-                    Kind::Refused
-                } else {
-                    Kind::Closed
-                };
-                SessionError::new(
-                    kind,
-                    format!("jump host {} cannot reach {who}: {e}", jump_target.alias),
-                )
-            })?;
-            let handler = Client {
-                target: target.clone(),
-                host_key: host_key.clone(),
-                disconnect_reason: disconnect_reason.clone(),
-                _closed: closed_tx,
-                _jump: Some(hop.clone()),
-            };
-            (
-                client::connect_stream(config, ChannelIo::new(channel), handler).await,
-                Some(hop),
-            )
-        }
-    };
-    drop(jump);
-    let checked = host_key.lock().expect("not poisoned").take();
-    let mut handle = match result {
-        Ok(handle) => handle,
-        Err(e) => return Err(handshake_error(target, checked, e)),
-    };
-    let host_key = checked.unwrap_or(HostKeyStatus::Unchecked);
-    super::auth::authenticate(&mut handle, target)
-        .await
-        .map_err(|e| e.with_host_key(host_key.clone()))?;
-    if options.warm_up {
-        // Failure here is not fatal: forwarding may still work where commands do not.
-        match run_command(&handle, "true", options.channel_open_timeout).await {
-            Ok(out) if out.exit_status == Some(0) => {}
-            Ok(out) => {
-                tracing::warn!(node = %target.alias, status = ?out.exit_status, "warm-up command failed")
-            }
-            Err(e) => tracing::warn!(node = %target.alias, error = %e, "warm-up command failed"),
-        }
-    }
-    Ok(Connected {
-        handle,
-        closed,
-        disconnect_reason,
-        host_key,
-    })
-}
-
-fn handshake_error(
-    target: &SshTarget,
-    checked: Option<HostKeyStatus>,
-    e: russh::Error,
-) -> SessionError {
-    let name = target.host_key_name();
-    let files: Vec<String> = target
-        .known_hosts_files
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
-    let status = checked.clone();
-    let error = match checked {
-        Some(HostKeyStatus::Changed {
-            fingerprint,
-            file,
-            line,
-        }) => SessionError::new(
-            Kind::HostKey,
-            format!(
-                "REMOTE HOST KEY CHANGED for {} ({name}:{}): the node now presents {fingerprint}, which does not match \
-                 {file}:{line}. Someone may be intercepting the connection; refusing to connect. If the change is \
-                 expected, remove the old entry (ssh-keygen -R '{name}' -f {file}) and reconnect.",
-                target.alias, target.port
-            ),
-        ),
-        Some(HostKeyStatus::Unknown { fingerprint }) => SessionError::new(
-            Kind::HostKey,
-            format!(
-                "host key of {} ({name}:{}) is not in known_hosts ({}); it presents {fingerprint}. Verify it and add it \
-                 (e.g. `ssh {}` once), or set StrictHostKeyChecking accept-new for this host.",
-                target.alias,
-                target.port,
-                files.join(", "),
-                target.alias
-            ),
-        ),
-        _ => {
-            let kind = match &e {
-                russh::Error::IO(_) | russh::Error::Disconnect | russh::Error::HUP => Kind::Closed,
-                russh::Error::ConnectionTimeout
-                | russh::Error::KeepaliveTimeout
-                | russh::Error::Elapsed(_) => Kind::Timeout,
-                _ => Kind::Protocol,
-            };
-            SessionError::new(
-                kind,
-                format!(
-                    "ssh handshake with {} ({}:{}) failed: {e}",
-                    target.alias, target.host, target.port
-                ),
-            )
-        }
-    };
-    match status {
-        Some(status) => error.with_host_key(status),
-        None => error,
-    }
-}
-
-/// A command's captured output.
-#[derive(Debug, Default)]
-pub(crate) struct CommandOutput {
-    pub exit_status: Option<u32>,
-    pub stdout: Vec<u8>,
-}
-
-/// Runs a short command to completion (warm-up, probes). Output is capped.
-pub(crate) async fn run_command(
-    handle: &Handle<Client>,
-    command: &str,
-    timeout: Duration,
-) -> Result<CommandOutput, russh::Error> {
-    tokio::time::timeout(timeout, async {
-        let mut channel = handle.channel_open_session().await?;
-        channel.exec(true, command).await?;
-        channel.eof().await?;
-        let mut out = CommandOutput::default();
-        while let Some(msg) = channel.wait().await {
-            match msg {
-                ChannelMsg::Data { data } if out.stdout.len() < 64 * 1024 => {
-                    out.stdout.extend_from_slice(&data)
-                }
-                ChannelMsg::ExitStatus { exit_status } => out.exit_status = Some(exit_status),
-                ChannelMsg::Close => break,
-                _ => {}
-            }
-        }
-        Ok(out)
-    })
-    .await
-    .map_err(russh::Error::from)?
-}
-
 fn backoff(options: &SessionOptions, attempt: u32) -> Duration {
     if attempt == 0 {
         // Right after a drop: reconnect almost at once, with a little jitter so many
@@ -723,6 +423,7 @@ async fn run(shared: Arc<Shared>) {
     let target = &shared.target;
     let options = &shared.options;
     let timeout = target.connect_timeout.unwrap_or(options.connect_timeout);
+    let handshake_options = options.handshake();
     let mut attempt: u32 = 0;
     loop {
         shared.state.send_replace(Conn::Connecting { attempt });
@@ -740,7 +441,10 @@ async fn run(shared: Arc<Shared>) {
             ssh.attempt = i64::from(attempt),
             ssh.reconnect = reconnect,
         );
-        let connecting = tracing::Instrument::instrument(connect(target, options), span.clone());
+        let connecting = tracing::Instrument::instrument(
+            handshake::connect(target, &handshake_options),
+            span.clone(),
+        );
         let result = match tokio::time::timeout(timeout, connecting).await {
             Ok(r) => r,
             Err(_) => Err(SessionError::new(
@@ -765,6 +469,7 @@ async fn run(shared: Arc<Shared>) {
                 let since = Instant::now();
                 tracing::info!(node = %target.alias, host_key = connected.host_key.as_str(), "ssh connected");
                 let handle = Arc::new(connected.handle);
+                shared.generation.fetch_add(1, Ordering::AcqRel);
                 shared.state.send_replace(Conn::Up {
                     handle,
                     since,
@@ -847,15 +552,5 @@ mod tests {
             );
         }
         assert!(backoff(&o, 39) <= o.backoff_max);
-    }
-
-    #[test]
-    fn only_human_problems_are_fatal() {
-        for kind in [Kind::HostKey, Kind::Auth, Kind::Config] {
-            assert!(SessionError::new(kind, "x").is_fatal());
-        }
-        for kind in [Kind::Refused, Kind::Timeout, Kind::Closed, Kind::Protocol] {
-            assert!(!SessionError::new(kind, "x").is_fatal());
-        }
     }
 }

@@ -4,8 +4,10 @@
 //! into a fresh temp dir, runs `/usr/sbin/sshd -D -e -f <cfg>` on a free loopback port
 //! (retrying on a port clash), and writes a matching client side: a key, an
 //! `ssh_config` naming the server `Host node`, and a known_hosts file. Only the user
-//! running the tests can log in (as root that is root). Dropping it stops sshd and
-//! removes the directory.
+//! running the tests can log in (as root that is root). Its sessions get `HOME` set to
+//! an empty directory (unless [`SshdOptions::empty_home`] is off), so the user's
+//! ~/.bashrc does not run and slow it down. Dropping it stops sshd and removes the
+//! directory.
 //!
 //! [`EchoServer`] is a tiny HTTP server that answers every request with exactly what
 //! it received, for byte-for-byte checks.
@@ -56,6 +58,8 @@ pub struct SshdOptions {
     pub client_config: Vec<String>,
     /// Record the server's host key in the client's known_hosts.
     pub known: bool,
+    /// Point the sessions' `HOME` at an empty directory (no ~/.bashrc and friends).
+    pub empty_home: bool,
 }
 
 impl Default for SshdOptions {
@@ -64,6 +68,7 @@ impl Default for SshdOptions {
             sshd_config: Vec::new(),
             client_config: Vec::new(),
             known: true,
+            empty_home: true,
         }
     }
 }
@@ -100,6 +105,20 @@ impl TestSshd {
             .collect::<Vec<_>>()
             .join(" ");
         let log = d.join("sshd.log");
+        // sshd takes only the first SetEnv line: merge ours with the caller's.
+        let mut setenv: Vec<String> = Vec::new();
+        let mut extra: Vec<&str> = Vec::new();
+        for line in &options.sshd_config {
+            match line.strip_prefix("SetEnv ") {
+                Some(vars) => setenv.extend(vars.split_whitespace().map(str::to_owned)),
+                None => extra.push(line),
+            }
+        }
+        if options.empty_home && !setenv.iter().any(|v| v.starts_with("HOME=")) {
+            let home = d.join("home");
+            std::fs::create_dir_all(&home).expect("empty home");
+            setenv.push(format!("HOME={}", home.display()));
+        }
 
         for _ in 0..10 {
             let port = free_port();
@@ -112,7 +131,10 @@ impl TestSshd {
                 pid = d.join("sshd.pid").display(),
                 ak = d.join("authorized_keys").display(),
             );
-            for line in &options.sshd_config {
+            if !setenv.is_empty() {
+                text.push_str(&format!("SetEnv {}\n", setenv.join(" ")));
+            }
+            for line in &extra {
                 text.push_str(line);
                 text.push('\n');
             }
@@ -246,6 +268,19 @@ impl TestSshd {
     /// The number of processes serving connections right now.
     pub fn connection_processes(&self) -> usize {
         descendants(self.pid()).len()
+    }
+
+    /// The names of the processes that sessions run right now (commands and what they
+    /// started, sshd's own processes left out), e.g. `["bash", "cat", "cat"]`.
+    pub fn session_commands(&self) -> Vec<String> {
+        let mut names: Vec<String> = descendants(self.pid())
+            .into_iter()
+            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok())
+            .map(|comm| comm.trim().to_owned())
+            .filter(|comm| comm != "sshd")
+            .collect();
+        names.sort();
+        names
     }
 
     pub fn log(&self) -> String {

@@ -1,118 +1,49 @@
-//! The exec transport: each request runs curl on the node, over an SSH exec channel,
-//! against `http://127.0.0.1:<port><path>`. For nodes where port forwarding is off.
+//! The exec transport's fallback: each request runs curl on the node, over its own SSH
+//! exec channel, against `http://127.0.0.1:<port><path>`. Used where the pipe
+//! ([`super::pipe`]) cannot start, e.g. no bash on the node.
 //!
 //! - The request body goes over stdin (`--data-binary @-`), never into the command
 //!   line; every argument is single-quoted, so nothing in a request can run a command.
-//! - The login shell's rc files may print anything before our command runs, so the
-//!   command prints a random marker first and everything before it is discarded.
+//! - The command prints a random marker first ([`super::shell`]); everything the
+//!   login shell printed before it is discarded.
 //! - `curl -i -N` streams the status line, headers and body with no buffering; the
 //!   head is parsed from curl's output, and body bytes are relayed as they arrive.
 //! - The end of the body counts only with curl's exit status 0: a dying connection
 //!   or a curl error after the head is a `Phase::Body` error, never a clean end. curl's
 //!   exit codes map to transport errors (7 refused, 28 timeout, 52/56 closed, 127 curl
 //!   missing).
-//! - Session channels are limited by the server's `MaxSessions`: each session holds a
-//!   bounded number of slots, so extra requests wait for a slot instead of failing.
+//! - Each request holds one of the session's `MaxSessions` slots while its channel is
+//!   open, so extra requests wait for a slot instead of failing.
 //!
 //! Credentials headers (`Authorization`, `Cookie`, ...) are not forwarded: on the node
 //! they would be visible in the process list as curl arguments.
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::future::BoxFuture;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use russh::ChannelMsg;
 use tokio::sync::{mpsc, oneshot};
 
-use super::session::Session;
+use super::shell::{self, MAX_NOISE, shell_quote};
+use crate::ssh::session::Session;
 use crate::{Kind, Phase, Request, Response, TransportError};
 
-/// Most bytes the login shell may print before our marker.
-const MAX_NOISE: usize = 1 << 20;
 /// Largest response head accepted from curl.
 const MAX_HEAD: usize = 64 * 1024;
-/// How long to wait for the node to close a channel we abandoned.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A node's model server reached by running curl on the node. Clones share state.
-#[derive(Clone)]
-pub struct ExecTransport {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    sessions: Vec<Arc<Session>>,
-    port: u16,
-    next: AtomicUsize,
-}
-
-impl ExecTransport {
-    /// Requests go to `http://127.0.0.1:<remote_port>` on the node, spread over
-    /// `sessions` (one or more connections to the same node; each allows
-    /// `SessionOptions::max_sessions` concurrent requests, the rest queue).
-    ///
-    /// # Panics
-    /// If `sessions` is empty.
-    pub fn new(sessions: Vec<Arc<Session>>, remote_port: u16) -> Self {
-        assert!(
-            !sessions.is_empty(),
-            "ExecTransport needs at least one session"
-        );
-        Self {
-            inner: Arc::new(Inner {
-                sessions,
-                port: remote_port,
-                next: AtomicUsize::new(0),
-            }),
-        }
-    }
-
-    pub fn sessions(&self) -> &[Arc<Session>] {
-        &self.inner.sessions
-    }
-
-    fn pick(&self) -> Arc<Session> {
-        let sessions = &self.inner.sessions;
-        let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
-        // Prefer the connection with the most free session slots; round-robin on ties.
-        (0..sessions.len())
-            .map(|i| &sessions[(start + i) % sessions.len()])
-            .max_by_key(|s| s.free_session_slots())
-            .expect("non-empty")
-            .clone()
-    }
-}
-
-impl tower::Service<Request> for ExecTransport {
-    type Response = Response;
-    type Error = TransportError;
-    type Future = BoxFuture<'static, Result<Response, TransportError>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request) -> Self::Future {
-        let session = self.pick();
-        let port = self.inner.port;
-        Box::pin(async move { execute(session, port, req).await })
-    }
-}
-
-async fn execute(
+/// Runs `req` as one curl on the node; the response streams as curl prints it.
+pub(super) async fn execute(
     session: Arc<Session>,
     port: u16,
     req: Request,
 ) -> Result<Response, TransportError> {
     let node = session.target().alias.clone();
-    let marker = format!("MESHGATE-{:032x}", fastrand::u128(..));
+    let marker = shell::marker();
     let (parts, body) = req.into_parts();
     let path = parts
         .uri
@@ -214,12 +145,16 @@ impl Pump {
         let mut outcome = Outcome::default();
         let mut abandoned = false;
         loop {
+            if abandoned {
+                // Closed by us: no more messages will come (see `abandon`).
+                return;
+            }
             let Some(msg) = self.read.wait().await else {
                 outcome.lost = true;
                 break;
             };
             match msg {
-                ChannelMsg::Data { data } if !abandoned => {
+                ChannelMsg::Data { data } => {
                     if self.head_tx.is_none() {
                         if self.body_tx.send(Ok(data)).await.is_err() {
                             abandoned = self.abandon().await;
@@ -228,7 +163,7 @@ impl Pump {
                     }
                     buf.extend_from_slice(&data);
                     if !marker_seen {
-                        match find_marker(&buf, &self.marker) {
+                        match shell::find_marker(&buf, &self.marker) {
                             Some(end) => {
                                 let _ = buf.split_to(end);
                                 marker_seen = true;
@@ -285,15 +220,15 @@ impl Pump {
                     outcome.exit_signal = Some(format!("{signal_name:?}"))
                 }
                 ChannelMsg::Failure => {
+                    // No command runs. Close and stop: russh swallows the CLOSE that
+                    // answers ours, so waiting for it would hang this request.
                     outcome.exec_refused = true;
                     let _ = self.write.close().await;
+                    break;
                 }
                 ChannelMsg::Close => break,
                 _ => {}
             }
-        }
-        if abandoned {
-            return;
         }
         if outcome.exit_status == Some(0) && !outcome.lost && self.head_tx.is_none() {
             // Clean end: dropping body_tx ends the body.
@@ -321,19 +256,14 @@ impl Pump {
         }
     }
 
-    /// Nobody wants the rest: close the channel, then keep draining until the node
-    /// closes it too (so its MaxSessions slot is free before our permit is) or a
-    /// timeout. Returns true.
+    /// Nobody wants the rest: close the channel. Returns true.
+    ///
+    /// Nothing to wait for after that: russh swallows the node's CLOSE that answers
+    /// ours (and drops late data). The node frees the MaxSessions slot a moment later,
+    /// once curl died of the closed pipe; `Session::open_session_channel` retries a
+    /// refused open meanwhile.
     async fn abandon(&mut self) -> bool {
         let _ = self.write.close().await;
-        let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
-            while let Some(msg) = self.read.wait().await {
-                if matches!(msg, ChannelMsg::Close) {
-                    break;
-                }
-            }
-        })
-        .await;
         true
     }
 
@@ -450,18 +380,6 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// Where the output after the marker line starts, if the marker line is complete.
-fn find_marker(buf: &[u8], marker: &[u8]) -> Option<usize> {
-    let at = buf.windows(marker.len()).position(|w| w == marker)?;
-    let after = at + marker.len();
-    match buf.get(after) {
-        Some(b'\n') => Some(after + 1),
-        Some(b'\r') if buf.get(after + 1) == Some(&b'\n') => Some(after + 2),
-        Some(_) => Some(after),
-        None => None,
-    }
-}
-
 /// Parses curl's `-i` output: status line and headers, skipping 1xx interim heads.
 /// Consumes the head from `buf`, leaving body bytes.
 fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, String> {
@@ -553,21 +471,6 @@ fn skip_request_header(name: &HeaderName) -> bool {
         )
 }
 
-/// POSIX shell single-quoting: safe for any bytes but NUL.
-pub fn shell_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('\'');
-    for c in s.chars() {
-        if c == '\'' {
-            out.push_str("'\\''");
-        } else {
-            out.push(c);
-        }
-    }
-    out.push('\'');
-    out
-}
-
 fn curl_command(
     marker: &str,
     method: &Method,
@@ -645,25 +548,6 @@ impl http_body::Body for ExecBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quoting_survives_a_real_shell() {
-        let nasty = "a'b\"c$(touch /tmp/x)`id`;\n\\ \t*?~!{}";
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!("printf %s {}", shell_quote(nasty)))
-            .output()
-            .unwrap();
-        assert_eq!(String::from_utf8(out.stdout).unwrap(), nasty);
-    }
-
-    #[test]
-    fn marker_is_found_after_noise_with_or_without_newline() {
-        assert_eq!(find_marker(b"noise\nMK\nHTTP", b"MK"), Some(9));
-        assert_eq!(find_marker(b"noiseMK\r\nX", b"MK"), Some(9));
-        assert_eq!(find_marker(b"noise\nMK", b"MK"), None);
-        assert_eq!(find_marker(b"noise\nM", b"MK"), None);
-    }
 
     #[test]
     fn parses_head_skipping_interim_and_hop_by_hop() {
