@@ -16,8 +16,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use meshgate::config::{Config, NodeConfig};
 use meshgate::Gateway;
+use meshgate::config::{Config, NodeConfig};
 use meshgate_sim::{Sim, SimConfig};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
@@ -51,7 +51,10 @@ async fn per_request(client: &HttpClient, addr: SocketAddr, body: &'static str) 
     }
     let stats = region.change();
     let n = REQUESTS as f64;
-    (stats.allocations as f64 / n, stats.bytes_allocated as f64 / n)
+    (
+        stats.allocations as f64 / n,
+        stats.bytes_allocated as f64 / n,
+    )
 }
 
 fn main() {
@@ -67,8 +70,10 @@ fn main() {
         })
         .await
         .expect("sim");
-        let mut config = Config::default();
-        config.nodes = vec![NodeConfig::local("sim", &sim.url())];
+        let mut config = Config {
+            nodes: vec![NodeConfig::local("sim", &sim.url())],
+            ..Config::default()
+        };
         // One probe at start; none while counting.
         config.discovery.interval = Duration::from_secs(3600);
         let gateway = Gateway::new(&config).expect("gateway");
