@@ -87,8 +87,11 @@ pub struct NodeBody {
     first: Option<Frame<Bytes>>,
     inner: meshgate_transports::Body,
     in_flight: Option<InFlight>,
-    /// Fires at the earlier of the idle and total deadlines.
-    timer: Pin<Box<Sleep>>,
+    /// Fires at the earlier of the idle and total deadlines. Made the first time the
+    /// node keeps us waiting: a short answer that is already here never needs one.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// When data last arrived (the idle deadline counts from it).
+    last_data: Instant,
     idle: Duration,
     total: Duration,
     total_deadline: Instant,
@@ -110,13 +113,17 @@ impl NodeBody {
             first,
             inner,
             in_flight: (!ended).then_some(in_flight),
-            timer: Box::pin(tokio::time::sleep_until(
-                (Instant::now() + idle).min(total_deadline),
-            )),
+            timer: None,
+            last_data: Instant::now(),
             idle,
             total,
             total_deadline,
         }
+    }
+
+    /// The earlier of the idle and total deadlines.
+    fn deadline(&self) -> Instant {
+        (self.last_data + self.idle).min(self.total_deadline)
     }
 
     fn finish(&mut self, failure: Option<&TransportError>) {
@@ -146,8 +153,11 @@ impl Body for NodeBody {
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                let next = (Instant::now() + this.idle).min(this.total_deadline);
-                this.timer.as_mut().reset(next);
+                this.last_data = Instant::now();
+                let deadline = this.deadline();
+                if let Some(timer) = &mut this.timer {
+                    timer.as_mut().reset(deadline);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -159,7 +169,11 @@ impl Body for NodeBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                ready!(this.timer.as_mut().poll(cx));
+                let deadline = this.deadline();
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                ready!(timer.as_mut().poll(cx));
                 let what = if Instant::now() >= this.total_deadline {
                     format!(
                         "answer still running after the total timeout of {:?}",
