@@ -83,11 +83,21 @@ impl LocalTransport {
     }
 
     fn target(&self, path: Option<&PathAndQuery>) -> Result<Uri, TransportError> {
-        let path = path.map_or("/", PathAndQuery::as_str);
+        let path_and_query = match path {
+            // The common case: no prefix, so the request's own path is reused as is.
+            Some(path) if self.prefix.is_empty() => path.clone(),
+            path => {
+                let path = path.map_or("/", PathAndQuery::as_str);
+                PathAndQuery::try_from(format!("{}{path}", self.prefix)).map_err(|e| {
+                    TransportError::new(Phase::Send, Kind::Config, "bad request path")
+                        .with_source(e)
+                })?
+            }
+        };
         Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
-            .path_and_query(format!("{}{path}", self.prefix))
+            .path_and_query(path_and_query)
             .build()
             .map_err(|e| {
                 TransportError::new(Phase::Send, Kind::Config, "bad request path").with_source(e)

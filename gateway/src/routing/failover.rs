@@ -64,7 +64,7 @@ impl Failover {
         match result {
             Ok(routed) => {
                 let headers = routed.response.headers_mut();
-                headers.insert(ATTEMPTS_HEADER, HeaderValue::from(self.attempts));
+                headers.insert(ATTEMPTS_HEADER, attempts_value(self.attempts));
                 if failed_over {
                     headers.insert("x-should-retry", HeaderValue::from_static("false"));
                 }
@@ -78,6 +78,15 @@ impl Failover {
             }
             Err(_) => {}
         }
+    }
+}
+
+/// The attempt count as a header value, without formatting one per request.
+fn attempts_value(attempts: u32) -> HeaderValue {
+    const SMALL: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match SMALL.get(attempts as usize) {
+        Some(digit) => HeaderValue::from_static(digit),
+        None => HeaderValue::from(attempts),
     }
 }
 
