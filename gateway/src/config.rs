@@ -324,7 +324,8 @@ pub enum TransportKind {
     Local,
     /// HTTP over SSH direct-tcpip channels to the node's 127.0.0.1:`port`.
     Forward,
-    /// curl run on the node over an SSH exec channel.
+    /// HTTP through a pipe process per SSH exec channel to the node's 127.0.0.1:`port`
+    /// (curl per request where the pipe cannot start).
     Exec,
 }
 
@@ -366,7 +367,8 @@ pub struct NodeConfig {
     /// SSH nodes: overrides of the ssh config for this node.
     #[serde(default)]
     pub ssh_options: SshOverrides,
-    /// exec nodes: SSH connections to keep; each runs up to `max_sessions` curls at once.
+    /// exec nodes: SSH connections to keep; each runs up to `max_sessions` - 1 pipes (or
+    /// `max_sessions` curls, where the pipe cannot start) at once.
     #[serde(default = "default_connections")]
     pub connections: u32,
     /// SSH nodes: the node sshd's MaxSessions (OpenSSH's default is 10).

@@ -80,7 +80,7 @@ pub struct Node {
     pub target: Arc<str>,
     pub transport: BoxTransport,
     /// SSH nodes: the connections their transport runs over (one for forward; exec
-    /// spreads curl runs over several because of sshd's MaxSessions).
+    /// spreads its exec channels over several because of sshd's MaxSessions).
     pub ssh_sessions: Vec<Arc<Session>>,
     pub timeouts: Timeouts,
     pub max_concurrency: Option<u32>,
