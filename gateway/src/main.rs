@@ -124,9 +124,31 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `[server] threads` sizes the runtime, so the config is read before it starts (and
+    // again, with errors reported, by `run`).
+    let threads = match &cli.command {
+        Command::Serve { config, .. } => load_config(config.clone())
+            .map(|c| c.server.threads)
+            .unwrap_or(0),
+        _ => 0,
+    };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if threads > 0 {
+        runtime.worker_threads(threads);
+    }
+    let runtime = match runtime.enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(main_async(cli))
+}
+
+async fn main_async(cli: Cli) -> ExitCode {
     if !matches!(cli.command, Command::Serve { .. }) {
         // `serve` sets up logging and traces once it has read its config.
         let _ = telemetry::init(&Default::default());
