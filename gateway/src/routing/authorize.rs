@@ -8,8 +8,7 @@ use crate::errors::GatewayError;
 use crate::keys::Caller;
 use crate::request::{GatewayRequest, Routed};
 
-/// Refuses a model the caller's key may not use. It sits at the top of the routing
-/// stack because the model is known only once a front has read the body.
+/// Refuses a model the caller's key may not use.
 #[derive(Clone)]
 pub struct AuthorizeModel<S> {
     inner: S,
