@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
+use meshgate_transports::ssh::testing::descendants;
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshgate");
 
@@ -149,8 +150,51 @@ async fn the_demo_streams_a_reply_and_serves_the_mesh() {
     .await;
     assert_eq!(reply.status, http::StatusCode::OK);
     assert_eq!(reply.headers["x-meshgate-node"], "runpod");
+    // Stopped as an operator stops it (SIGTERM, like Ctrl-C), the demo takes down what it
+    // started: its throwaway sshd must not outlive it.
+    let started = descendants(child.id());
+    terminate(&mut child).await;
+    let mut left = started.clone();
+    for _ in 0..100 {
+        left.retain(|&pid| alive(pid));
+        if left.is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the demo left processes running: {left:?}");
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie waiting to be reaped).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .next()?
+                .to_owned();
+            Some(state != "Z" && state != "X")
+        })
+        .unwrap_or(false)
+}
+
+/// SIGTERM, then wait (bounded) for the process to exit; SIGKILL if it does not.
+async fn terminate(child: &mut std::process::Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    for _ in 0..250 {
+        if child.try_wait().unwrap().is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     child.kill().unwrap();
     child.wait().unwrap();
+    panic!("the process did not exit within 5 s of SIGTERM");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
