@@ -21,6 +21,25 @@ use meshgate::{Config, Gateway, app, check, telemetry};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How log lines are written to stderr: text (colour only on a terminal) or json
+    /// (one object per line, for log shippers).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormatArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+impl From<LogFormatArg> for telemetry::LogFormat {
+    fn from(arg: LogFormatArg) -> Self {
+        match arg {
+            LogFormatArg::Text => telemetry::LogFormat::Text,
+            LogFormatArg::Json => telemetry::LogFormat::Json,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -68,6 +87,7 @@ fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let log_format = cli.log_format;
     match cli.command {
         Command::Serve { config, listen } => {
             let mut config = load_config(config)?;
@@ -75,7 +95,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 config.server.listen = listen;
                 config.validate()?;
             }
-            let _telemetry = telemetry::init(&config.telemetry).map_err(anyhow::Error::msg)?;
+            let _telemetry = telemetry::init_with(&config.telemetry, log_format.into())
+                .map_err(anyhow::Error::msg)?;
             let gateway = Gateway::new(&config).map_err(anyhow::Error::msg)?;
             let listener = tokio::net::TcpListener::bind(config.server.listen)
                 .await
@@ -151,7 +172,7 @@ fn main() -> ExitCode {
 async fn main_async(cli: Cli) -> ExitCode {
     if !matches!(cli.command, Command::Serve { .. }) {
         // `serve` sets up logging and traces once it has read its config.
-        let _ = telemetry::init(&Default::default());
+        let _ = telemetry::init_with(&Default::default(), cli.log_format.into());
     }
     match run(cli).await {
         Ok(code) => code,

@@ -238,3 +238,60 @@ async fn an_api_key_can_come_from_the_environment() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// Serve with `args` until ready, stop with SIGTERM, and return what it logged.
+async fn logs_of_a_serve_run(args: &[&str]) -> String {
+    let node = sim("a", &["llama3.2"]).await;
+    let port = dead_port();
+    let config = TempConfig::new(&format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n[[nodes]]\nname = \"a\"\nurl = \"{}\"\n",
+        node.url()
+    ));
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config.0)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    for _ in 0..500 {
+        if client()
+            .get(format!("{base}/readyz").parse().unwrap())
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    terminate(&mut child).await;
+    let mut logs = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut logs).unwrap();
+    logs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_plain_text_off_a_terminal_and_json_on_request() {
+    let text = logs_of_a_serve_run(&[]).await;
+    assert!(text.contains("meshgate serving"), "{text}");
+    assert!(text.contains("shutting down"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour codes in logs that go to a pipe: {text:?}"
+    );
+
+    let json = logs_of_a_serve_run(&["--log-format", "json"]).await;
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let messages: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l["fields"]["message"].as_str())
+        .collect();
+    assert!(messages.contains(&"meshgate serving"), "{json}");
+    assert!(lines.iter().all(|l| l["level"].is_string()), "{json}");
+}

@@ -10,6 +10,7 @@ pub mod meter;
 pub mod otlp;
 pub mod spans;
 
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
@@ -52,16 +53,37 @@ impl Drop for Telemetry {
     }
 }
 
-/// Log to stderr (`RUST_LOG` overrides the default: `info` for meshgate, `warn` else),
-/// and export spans when `config.otlp_endpoint` is set. Must run inside a tokio runtime
-/// when it is (the batch exporter runs on it). Installs the global subscriber once;
-/// later calls only return a no-op guard.
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines; colour only when stderr is a terminal (never in journald
+    /// or a file).
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// [`init_with`] in the default log format.
 pub fn init(config: &TelemetryConfig) -> Result<Telemetry, String> {
+    init_with(config, LogFormat::Text)
+}
+
+/// Log to stderr in `format` (`RUST_LOG` overrides the default: `info` for meshgate,
+/// `warn` else), and export spans when `config.otlp_endpoint` is set. Must run inside a
+/// tokio runtime when it is (the batch exporter runs on it). Installs the global
+/// subscriber once; later calls only return a no-op guard.
+pub fn init_with(config: &TelemetryConfig, format: LogFormat) -> Result<Telemetry, String> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,meshgate=info"));
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_filter(filter);
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Text => lines
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Json => lines.json().with_filter(filter).boxed(),
+    };
     let provider = match &config.otlp_endpoint {
         Some(endpoint) => Some(provider(endpoint, config)?),
         None => None,
