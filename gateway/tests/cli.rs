@@ -214,16 +214,7 @@ async fn an_api_key_can_come_from_the_environment() {
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
-    for _ in 0..500 {
-        if client()
-            .get(format!("{base}/readyz").parse().unwrap())
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_ready(&base).await;
     let call = |key: &'static str| {
         let request = http::Request::post(format!("{base}/v1/chat/completions"))
             .header("authorization", format!("Bearer {key}"))
@@ -237,6 +228,20 @@ async fn an_api_key_can_come_from_the_environment() {
     assert_eq!(call("sk-other").await.unwrap().status(), 401);
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// Wait (up to 10 s) until the gateway at `base` answers `/readyz` with 200.
+async fn wait_ready(base: &str) {
+    for _ in 0..500 {
+        if client()
+            .get(format!("{base}/readyz").parse().unwrap())
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Serve with `args` until ready, stop with SIGTERM, and return what it logged.
@@ -256,16 +261,7 @@ async fn logs_of_a_serve_run(args: &[&str]) -> String {
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
-    for _ in 0..500 {
-        if client()
-            .get(format!("{base}/readyz").parse().unwrap())
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_ready(&base).await;
     terminate(&mut child).await;
     let mut logs = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut logs).unwrap();
