@@ -86,15 +86,22 @@ fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+/// The config `serve` runs with: the file (or defaults), with `--listen` applied.
+fn serve_config(path: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<Config> {
+    let mut config = load_config(path)?;
+    if let Some(listen) = listen {
+        config.server.listen = listen;
+        config.validate()?;
+    }
+    Ok(config)
+}
+
+/// Runs `cli`; `serve` runs with `served`, its config, read before the runtime started.
+async fn run(cli: Cli, served: Option<Config>) -> anyhow::Result<ExitCode> {
     let log_format = cli.log_format;
     match cli.command {
-        Command::Serve { config, listen } => {
-            let mut config = load_config(config)?;
-            if let Some(listen) = listen {
-                config.server.listen = listen;
-                config.validate()?;
-            }
+        Command::Serve { .. } => {
+            let config = served.context("serve runs with its config")?;
             let _telemetry = telemetry::init_with(&config.telemetry, log_format.into())
                 .map_err(anyhow::Error::msg)?;
             let gateway = Gateway::new(&config).map_err(anyhow::Error::msg)?;
@@ -147,16 +154,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // `[server] threads` sizes the runtime, so the config is read before it starts (and
-    // again, with errors reported, by `run`).
-    let threads = match &cli.command {
-        Command::Serve { config, .. } => load_config(config.clone())
-            .map(|c| c.server.threads)
-            .unwrap_or(0),
-        _ => 0,
+    // `[server] threads` sizes the runtime, so `serve` reads its config before it starts.
+    let served = match &cli.command {
+        Command::Serve { config, listen } => match serve_config(config.clone(), *listen) {
+            Ok(config) => Some(config),
+            Err(e) => return fail(e),
+        },
+        _ => None,
     };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if threads > 0 {
+    if let Some(threads) = served.as_ref().map(|c| c.server.threads).filter(|&n| n > 0) {
         runtime.worker_threads(threads);
     }
     let runtime = match runtime.enable_all().build() {
@@ -166,19 +173,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    runtime.block_on(main_async(cli))
+    runtime.block_on(main_async(cli, served))
 }
 
-async fn main_async(cli: Cli) -> ExitCode {
+async fn main_async(cli: Cli, served: Option<Config>) -> ExitCode {
     if !matches!(cli.command, Command::Serve { .. }) {
         // `serve` sets up logging and traces once it has read its config.
         let _ = telemetry::init_with(&Default::default(), cli.log_format.into());
     }
-    match run(cli).await {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
-    }
+    run(cli, served).await.unwrap_or_else(fail)
+}
+
+fn fail(e: anyhow::Error) -> ExitCode {
+    eprintln!("error: {e:#}");
+    ExitCode::from(2)
 }
