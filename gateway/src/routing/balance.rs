@@ -104,9 +104,6 @@ fn pick(
     if let Some(lease) = pick_sampled(tier, model, now, allowed) {
         return Some(lease);
     }
-    if let [a, b] | [a @ b] = tier {
-        return pick_small([a, b], model, now, allowed);
-    }
     let mut candidates: Vec<&Arc<Node>> = tier
         .iter()
         .filter(|n| allowed(n) && n.eligible(now) && n.has_free_slot())
@@ -122,35 +119,6 @@ fn pick(
         candidates.swap_remove(i);
     }
     None
-}
-
-/// `pick` for a tier of one or two nodes (`[n, n]` for one), without collecting
-/// candidates: the same rules (warm first, then the less loaded), no allocation.
-fn pick_small(
-    pair: [&Arc<Node>; 2],
-    model: &str,
-    now: Instant,
-    allowed: &dyn Fn(&Node) -> bool,
-) -> Option<Lease> {
-    let qualifies = |n: &Node| allowed(n) && n.eligible(now) && n.has_free_slot();
-    let [a, b] = pair.map(|n| qualifies(n).then_some(n));
-    let (a, b) = match (a, b) {
-        (Some(a), Some(b)) if Arc::ptr_eq(a, b) => (Some(a), None),
-        (Some(a), Some(b)) if a.is_warm(model) != b.is_warm(model) => {
-            (Some(if a.is_warm(model) { a } else { b }), None)
-        }
-        // The less loaded first; a tie is broken at random, as P2C's random pair does.
-        (Some(a), Some(b)) if prefer_second(a.load(now), b.load(now)) => (Some(b), Some(a)),
-        other => other,
-    };
-    let first = a.or(b)?;
-    first
-        .try_lease(now)
-        .or_else(|| b.filter(|b| !Arc::ptr_eq(b, first))?.try_lease(now))
-}
-
-fn prefer_second(first: f64, second: f64) -> bool {
-    second < first || (second == first && fastrand::bool())
 }
 
 /// The common case in O(1), whatever the tier's size: two distinct random nodes of the
