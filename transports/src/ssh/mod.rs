@@ -20,6 +20,7 @@ pub mod diagnose;
 pub mod exec;
 pub mod forward;
 mod handshake;
+pub mod hosts;
 pub mod known_hosts;
 pub mod session;
 pub mod stats;
