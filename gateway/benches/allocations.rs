@@ -83,7 +83,7 @@ fn main() {
             .expect("bind");
         let gw = listener.local_addr().expect("addr");
         tokio::spawn(gateway.serve(listener, std::future::pending()));
-        while !nodes.list.iter().all(|n| n.is_online()) {
+        while !nodes.list().iter().all(|n| n.is_online()) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();

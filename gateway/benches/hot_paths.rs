@@ -45,7 +45,7 @@ fn reachable_nodes(n: usize) -> Arc<Nodes> {
         ..Config::default()
     };
     let nodes = Arc::new(Nodes::from_config(&config).expect("config"));
-    for node in &nodes.list {
+    for node in nodes.list().iter() {
         node.record_probe(&Probe {
             result: Ok(Found {
                 models: vec!["llama3.2".into()],

@@ -3,8 +3,9 @@
 //! ```text
 //! edge (HTTP layers, every front on a listener):
 //!   set x-request-id ─► propagate it ─► count (arrival, route, status) ─► mark secrets
-//!   sensitive ─► trace span ─► catch panics ─► auth (API key -> Caller) ─► rate limits
-//!   (global, per key: requests and tokens) ─► body limit (413)
+//!   sensitive ─► trace span ─► catch panics ─► hops (Via: loop or too many hops -> 508)
+//!   ─► auth (API key -> Caller) ─► rate limits (global, per key: requests and tokens)
+//!   ─► body limit (413)
 //! fronts (one per API, onto one GatewayRequest): REST (OpenAI), gRPC, Ollama
 //! routing stack:
 //!   observe (request span and record) ─► authorize model ─► failover (retry on another
@@ -30,9 +31,15 @@
 //!
 //! The gRPC front and the Ollama surface are routes in the same router, behind the same
 //! edge; each can also have a listener of its own (`[grpc] listen`, `[ollama] listen`).
+//!
+//! A reload ([`Gateway::reload`]) builds the routers again from the new config and swaps
+//! them in; requests already inside keep the routers they started with. What must
+//! outlive a reload is built once: the nodes (an unchanged node is kept with its SSH
+//! connection, health and estimate, see `nodes::Plan`), the SSH connections, the
+//! metrics, the `Via` pseudonym; an unchanged key or global limit keeps its counts.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -50,16 +57,17 @@ use tower_http::trace::TraceLayer;
 
 use crate::config::Config;
 use crate::edge::count::CountLayer;
+use crate::edge::hops::Hops;
 use crate::edge::request_id::MakeRequestUuid;
 use crate::edge::{auth, rate_limit::RateLimitLayer};
 use crate::errors::render::json_error;
 use crate::fronts;
 use crate::keys::Keys;
 use crate::metrics::Metrics;
-use crate::nodes::{Nodes, spawn_discovery};
+use crate::nodes::{Nodes, Plan, SessionPool};
 use crate::routing::{Attempt, AuthorizeModel, Balance, Failover, ObserveLayer};
 pub use crate::state::{AppState, Limits, RoutingService};
-use crate::status::{self, StatusState};
+use crate::status::{self, ConfigStatus, StatusState};
 
 /// Which layers to assemble.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,24 +80,56 @@ pub enum Stack {
     Bare,
 }
 
-/// A configured gateway: its router and the background discovery that keeps its view
-/// of the nodes fresh (stopped when the gateway is dropped).
+/// A running gateway. Cheap to clone: clones share everything (serve with one, reload
+/// with another).
+#[derive(Clone)]
 pub struct Gateway {
-    router: Router,
-    /// Only gRPC, for `[grpc] listen`.
-    grpc_router: Router,
-    /// Only the Ollama surface, for `[ollama] listen`.
-    ollama_router: Router,
-    nodes: Arc<Nodes>,
-    discovery: Vec<JoinHandle<()>>,
-    listen: Addresses,
+    live: Arc<Live>,
 }
 
-/// The optional listeners of their own for gRPC and the Ollama surface.
-#[derive(Debug, Clone, Copy, Default)]
-struct Addresses {
-    grpc: Option<std::net::SocketAddr>,
-    ollama: Option<std::net::SocketAddr>,
+/// What outlives reloads, and what a reload swaps.
+struct Live {
+    stack: Stack,
+    nodes: Arc<Nodes>,
+    metrics: Arc<Metrics>,
+    sessions: SessionPool,
+    hops: String,
+    config_status: Arc<RwLock<ConfigStatus>>,
+    routers: RwLock<Routers>,
+    /// Serializes reloads; holds what the next one reuses.
+    built: tokio::sync::Mutex<Built>,
+    /// The config being served (read without waiting for a reload in progress).
+    config: RwLock<Arc<Config>>,
+}
+
+/// The routers one config makes; each listener serves one of them.
+#[derive(Clone)]
+struct Routers {
+    main: Router,
+    /// Only gRPC, for `[grpc] listen`.
+    grpc: Router,
+    /// Only the Ollama surface, for `[ollama] listen`.
+    ollama: Router,
+}
+
+#[derive(Clone, Copy)]
+enum Which {
+    Main,
+    Grpc,
+    Ollama,
+}
+
+/// What the running config built, that the next reload compares with or stops.
+struct Built {
+    keys: Arc<Keys>,
+    global_limit: RateLimitLayer,
+    grpc_health: JoinHandle<()>,
+}
+
+impl Drop for Built {
+    fn drop(&mut self) {
+        self.grpc_health.abort();
+    }
 }
 
 impl Gateway {
@@ -99,120 +139,230 @@ impl Gateway {
     }
 
     pub fn build(config: &Config, stack: Stack) -> Result<Self, String> {
-        let nodes = Arc::new(Nodes::from_config(config)?);
-        let keys = Arc::new(Keys::from_config(&config.keys)?);
-        let limits = Limits {
-            max_request_bytes: config.server.max_request_bytes,
-            max_response_bytes: config.server.max_response_bytes,
-        };
-        let full = stack == Stack::Full;
+        let sessions = SessionPool::default();
+        let plan = Plan::new(config, &[], &sessions)?;
+        let nodes = Arc::new(Nodes::new(plan.nodes));
         let metrics = Metrics::new(Arc::clone(&nodes));
-        let failover = Failover::new(&config.retry).with_nodes(Arc::clone(&nodes));
-        let node_call = Balance::new(Attempt, Arc::clone(&nodes), &config.routing);
-        let routing = match stack {
-            Stack::Full => RoutingService::new(
-                ServiceBuilder::new()
-                    .layer(ObserveLayer::new(Arc::clone(&metrics), Arc::clone(&nodes)))
-                    .layer(AuthorizeModel::layer())
-                    .layer(RetryLayer::new(failover))
-                    .service(node_call),
-            ),
-            Stack::Bare => RoutingService::new(node_call),
+        let config_status = Arc::new(RwLock::new(ConfigStatus::loaded(plan.warnings)));
+        let hops = Hops::pseudonym();
+        let keys = Arc::new(Keys::from_config(&config.keys)?);
+        let global_limit = RateLimitLayer::new(&config.limits);
+        let parts = Parts {
+            config,
+            stack,
+            nodes: &nodes,
+            metrics: &metrics,
+            keys: &keys,
+            global_limit: &global_limit,
+            hops: &hops,
+            config_status: &config_status,
         };
-        let state = AppState {
-            routing,
-            nodes: Arc::clone(&nodes),
-            limits,
-        };
-
-        let (grpc, grpc_health) = fronts::grpc::routes(state.clone());
-        let ollama = fronts::ollama::routes(state.clone());
-        let layers = ServiceBuilder::new()
-            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-            .layer(PropagateRequestIdLayer::x_request_id())
-            .option_layer(full.then(|| CountLayer::new(Arc::clone(&metrics))))
-            .layer(SetSensitiveRequestHeadersLayer::new([
-                AUTHORIZATION,
-                HeaderName::from_static("x-api-key"),
-            ]))
-            .layer(TraceLayer::new_for_http())
-            .layer(CatchPanicLayer::custom(|_| {
-                let envelope =
-                    ErrorEnvelope::new("internal error", "server_error", Some("internal_error"));
-                json_error(http::StatusCode::INTERNAL_SERVER_ERROR, &envelope)
-            }))
-            .option_layer(full.then(|| auth::layer(keys)))
-            .option_layer(full.then(|| RateLimitLayer::new(&config.limits)))
-            .layer(DefaultBodyLimit::max(limits.max_request_bytes));
-        let grpc_router = grpc
-            .clone()
-            .fallback(fronts::openai::unknown_route)
-            .layer(layers.clone());
-        let ollama_router = fronts::ollama::standalone(state.clone()).layer(layers.clone());
-        // Operator data (/metrics, /status.json) sits behind keys and limits unless
-        // [telemetry] public says otherwise; the status page itself holds no data.
-        let operator = status::data_routes(StatusState {
-            nodes: Arc::clone(&nodes),
-            metrics: Arc::clone(&metrics),
-        });
-        let public = config.telemetry.public;
-        let mut router = fronts::openai::routes(state).merge(grpc).merge(ollama);
-        if !public {
-            router = router.merge(operator.clone());
-        }
-        let mut router = router.layer(layers).merge(status::page_routes());
-        if public {
-            router = router.merge(operator);
-        }
-        let mut discovery =
-            spawn_discovery(&nodes, config.discovery.interval, config.discovery.timeout);
-        discovery.push(grpc_health);
+        let (routers, grpc_health) = parts.routers();
+        nodes.discover(config.discovery.interval, config.discovery.timeout);
         Ok(Self {
-            router,
-            grpc_router,
-            ollama_router,
-            nodes,
-            discovery,
-            listen: Addresses {
-                grpc: config.grpc.listen,
-                ollama: config.ollama.listen,
-            },
+            live: Arc::new(Live {
+                stack,
+                nodes,
+                metrics,
+                sessions,
+                hops,
+                config_status,
+                routers: RwLock::new(routers),
+                built: tokio::sync::Mutex::new(Built {
+                    keys,
+                    global_limit,
+                    grpc_health,
+                }),
+                config: RwLock::new(Arc::new(config.clone())),
+            }),
         })
+    }
+
+    /// Serve `config` from now on: nodes, keys, limits, routing and timeouts added,
+    /// removed or changed; requests in flight finish as they started. An unchanged node
+    /// keeps its connection, health and latency estimate; a new node is probed (for at
+    /// most the discovery timeout) before it takes traffic, so replacing every node
+    /// leaves no moment with none. On error nothing changes. The listen addresses,
+    /// `[server] threads` and `[telemetry]` need a restart (logged).
+    pub async fn reload(&self, config: &Config) -> Result<(), String> {
+        let live = Arc::clone(&self.live);
+        let started = tokio::time::Instant::now();
+        let mut built = live.built.lock().await;
+        let planned = {
+            let (live, config) = (Arc::clone(&live), config.clone());
+            // Resolving SSH aliases runs `ssh -G` per node: off the async threads.
+            tokio::task::spawn_blocking(move || {
+                Plan::new(&config, &live.nodes.list(), &live.sessions)
+            })
+            .await
+        };
+        let result = planned
+            .map_err(|e| format!("reload: {e}"))
+            .and_then(|plan| plan)
+            .and_then(|plan| Ok((plan, Arc::new(Keys::reusing(&config.keys, &built.keys)?))));
+        let (plan, keys) = match result {
+            Ok(parts) => parts,
+            Err(e) => {
+                live.config_status
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .rejected(e.clone());
+                return Err(e);
+            }
+        };
+        let global_limit = built.global_limit.reusing(&config.limits);
+        let kept = plan
+            .nodes
+            .iter()
+            .filter(|n| live.nodes.list().iter().any(|o| Arc::ptr_eq(o, n)))
+            .count();
+        let (added, removed) = (
+            plan.nodes.len() - kept,
+            live.nodes.list().len().saturating_sub(kept),
+        );
+        let warnings = plan.warnings;
+        let fresh: Vec<_> = plan
+            .nodes
+            .iter()
+            .filter(|n| !live.nodes.list().iter().any(|o| Arc::ptr_eq(o, n)))
+            .cloned()
+            .collect();
+        crate::nodes::probe_all(&fresh, config.discovery.timeout).await;
+        live.nodes.replace(plan.nodes);
+        live.nodes
+            .discover(config.discovery.interval, config.discovery.timeout);
+        let parts = Parts {
+            config,
+            stack: live.stack,
+            nodes: &live.nodes,
+            metrics: &live.metrics,
+            keys: &keys,
+            global_limit: &global_limit,
+            hops: &live.hops,
+            config_status: &live.config_status,
+        };
+        let (routers, grpc_health) = parts.routers();
+        *live.routers.write().unwrap_or_else(|e| e.into_inner()) = routers;
+        *built = Built {
+            keys,
+            global_limit,
+            grpc_health,
+        };
+        let previous = std::mem::replace(
+            &mut *live.config.write().unwrap_or_else(|e| e.into_inner()),
+            Arc::new(config.clone()),
+        );
+        for (what, changed) in [
+            (
+                "server.listen",
+                previous.server.listen != config.server.listen,
+            ),
+            ("grpc.listen", previous.grpc.listen != config.grpc.listen),
+            (
+                "ollama.listen",
+                previous.ollama.listen != config.ollama.listen,
+            ),
+            (
+                "server.threads",
+                previous.server.threads != config.server.threads,
+            ),
+            (
+                "telemetry",
+                format!("{:?}", previous.telemetry) != format!("{:?}", config.telemetry),
+            ),
+        ] {
+            if changed {
+                tracing::warn!(
+                    key = what,
+                    "changed in the config: takes effect after a restart"
+                );
+            }
+        }
+        drop(previous);
+        live.config_status
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .reloaded(warnings.clone());
+        for warning in &warnings {
+            tracing::warn!(%warning, "config");
+        }
+        tracing::info!(
+            nodes = live.nodes.list().len(),
+            added,
+            removed,
+            kept,
+            took_ms = started.elapsed().as_secs_f64() * 1e3,
+            "config reloaded"
+        );
+        Ok(())
+    }
+
+    /// Record a config that could not even be read or parsed (the running one stays).
+    pub fn reject(&self, error: String) {
+        self.live
+            .config_status
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .rejected(error);
+    }
+
+    /// The config being served.
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.live.config.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// How the last load or reload went, for `/status` and logs.
+    pub fn config_status(&self) -> ConfigStatus {
+        self.live
+            .config_status
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn routers(&self) -> Routers {
+        self.live
+            .routers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Only gRPC (what `[grpc] listen` serves), with the same layers.
     pub fn grpc_router(&self) -> Router {
-        self.grpc_router.clone()
+        self.routers().grpc
     }
 
     /// Only the Ollama surface (what `[ollama] listen` serves), with the same layers.
     pub fn ollama_router(&self) -> Router {
-        self.ollama_router.clone()
+        self.routers().ollama
     }
 
     /// Bind the configured `[grpc] listen` and `[ollama] listen` addresses, if any.
-    pub async fn bind_extra(&self) -> std::io::Result<Vec<(TcpListener, Router)>> {
+    pub async fn bind_extra(&self) -> std::io::Result<Vec<(TcpListener, ExtraRouter)>> {
+        let config = self.config();
         let mut out = Vec::new();
-        for (addr, router, what) in [
-            (self.listen.grpc, &self.grpc_router, "grpc.listen"),
-            (self.listen.ollama, &self.ollama_router, "ollama.listen"),
+        for (addr, which, what) in [
+            (config.grpc.listen, Which::Grpc, "grpc.listen"),
+            (config.ollama.listen, Which::Ollama, "ollama.listen"),
         ] {
             if let Some(addr) = addr {
                 let listener = TcpListener::bind(addr).await.map_err(|e| {
                     std::io::Error::new(e.kind(), format!("{what}: cannot listen on {addr}: {e}"))
                 })?;
-                out.push((listener, router.clone()));
+                out.push((listener, ExtraRouter(which)));
             }
         }
         Ok(out)
     }
 
     pub fn nodes(&self) -> &Arc<Nodes> {
-        &self.nodes
+        &self.live.nodes
     }
 
+    /// The main router as it is now (a reload swaps it; what serves follows the swap).
     pub fn router(&self) -> Router {
-        self.router.clone()
+        self.routers().main
     }
 
     /// Serve on `listener` until `shutdown` resolves, then finish in-flight requests.
@@ -225,11 +375,12 @@ impl Gateway {
     }
 
     /// Serve the main router on `listener` and each extra router on its listener (see
-    /// [`Gateway::bind_extra`]) until `shutdown` resolves.
+    /// [`Gateway::bind_extra`]) until `shutdown` resolves; then stop accepting and let
+    /// open requests and streams finish for up to `[server] drain_timeout`.
     pub async fn serve_with(
         self,
         listener: TcpListener,
-        extra: Vec<(TcpListener, Router)>,
+        extra: Vec<(TcpListener, ExtraRouter)>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -238,32 +389,183 @@ impl Gateway {
             let _ = stop.send(true);
         });
         let mut servers = tokio::task::JoinSet::new();
-        for (listener, router) in std::iter::once((listener, self.router.clone())).chain(extra) {
+        let listeners = std::iter::once((listener, Which::Main))
+            .chain(extra.into_iter().map(|(l, ExtraRouter(which))| (l, which)));
+        for (listener, which) in listeners {
             let mut stopped = stopped.clone();
             let listener = listener.tap_io(|tcp| {
                 // Token streams are many tiny writes: never hold them back for Nagle.
                 let _ = tcp.set_nodelay(true);
             });
+            let service = tower::make::Shared::new(LiveRouter {
+                live: Arc::clone(&self.live),
+                which,
+            });
             servers.spawn(async move {
-                axum::serve(listener, router)
+                axum::serve(listener, service)
                     .with_graceful_shutdown(async move {
                         let _ = stopped.wait_for(|stop| *stop).await;
                     })
                     .await
             });
         }
-        while let Some(result) = servers.join_next().await {
-            result.map_err(std::io::Error::other)??;
+        let mut stopped = stopped;
+        let drain = async {
+            let _ = stopped.wait_for(|stop| *stop).await;
+            let deadline = self.config().server.drain_timeout;
+            tokio::time::sleep(deadline).await;
+            deadline
+        };
+        tokio::pin!(drain);
+        loop {
+            tokio::select! {
+                joined = servers.join_next() => match joined {
+                    Some(result) => result.map_err(std::io::Error::other)??,
+                    None => break,
+                },
+                deadline = &mut drain => {
+                    let open: usize = self.live.nodes.list().iter().map(|n| n.in_flight()).sum();
+                    tracing::warn!(?deadline, in_flight = open, "drain deadline reached: closing what is still open");
+                    servers.abort_all();
+                    break;
+                }
+            }
         }
         Ok(())
     }
 }
 
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        for task in &self.discovery {
-            task.abort();
+/// An extra listener's router: gRPC only or the Ollama surface only.
+pub struct ExtraRouter(Which);
+
+/// Serves whichever routers are current: a reload takes effect on the next request, on
+/// connections already open too.
+#[derive(Clone)]
+struct LiveRouter {
+    live: Arc<Live>,
+    which: Which,
+}
+
+impl tower::Service<axum::extract::Request> for LiveRouter {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = tower::util::Oneshot<Router, axum::extract::Request>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: axum::extract::Request) -> Self::Future {
+        let routers = self.live.routers.read().unwrap_or_else(|e| e.into_inner());
+        let router = match self.which {
+            Which::Main => routers.main.clone(),
+            Which::Grpc => routers.grpc.clone(),
+            Which::Ollama => routers.ollama.clone(),
+        };
+        drop(routers);
+        tower::ServiceExt::oneshot(router, request)
+    }
+}
+
+/// What one build of the routers reads.
+struct Parts<'a> {
+    config: &'a Config,
+    stack: Stack,
+    nodes: &'a Arc<Nodes>,
+    metrics: &'a Arc<Metrics>,
+    keys: &'a Arc<Keys>,
+    global_limit: &'a RateLimitLayer,
+    hops: &'a str,
+    config_status: &'a Arc<RwLock<ConfigStatus>>,
+}
+
+impl Parts<'_> {
+    /// The routers for this config, and the gRPC health task that follows the nodes.
+    fn routers(&self) -> (Routers, JoinHandle<()>) {
+        let Parts {
+            config,
+            stack,
+            nodes,
+            metrics,
+            ..
+        } = *self;
+        let limits = Limits {
+            max_request_bytes: config.server.max_request_bytes,
+            max_response_bytes: config.server.max_response_bytes,
+        };
+        let full = stack == Stack::Full;
+        let failover = Failover::new(&config.retry).with_nodes(Arc::clone(nodes));
+        let node_call = Balance::new(Attempt, Arc::clone(nodes), &config.routing);
+        let routing = match stack {
+            Stack::Full => RoutingService::new(
+                ServiceBuilder::new()
+                    .layer(ObserveLayer::new(Arc::clone(metrics), Arc::clone(nodes)))
+                    .layer(AuthorizeModel::layer())
+                    .layer(RetryLayer::new(failover))
+                    .service(node_call),
+            ),
+            Stack::Bare => RoutingService::new(node_call),
+        };
+        let state = AppState {
+            routing,
+            nodes: Arc::clone(nodes),
+            limits,
+        };
+
+        let (grpc, grpc_health) = fronts::grpc::routes(state.clone());
+        let ollama = fronts::ollama::routes(state.clone());
+        let layers = ServiceBuilder::new()
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .option_layer(full.then(|| CountLayer::new(Arc::clone(metrics))))
+            .layer(SetSensitiveRequestHeadersLayer::new([
+                AUTHORIZATION,
+                HeaderName::from_static("x-api-key"),
+            ]))
+            .layer(TraceLayer::new_for_http())
+            .layer(CatchPanicLayer::custom(|_| {
+                let envelope =
+                    ErrorEnvelope::new("internal error", "server_error", Some("internal_error"));
+                json_error(http::StatusCode::INTERNAL_SERVER_ERROR, &envelope)
+            }))
+            .option_layer(
+                full.then(|| Hops::new(self.hops.to_owned(), config.server.max_hops).layer()),
+            )
+            .option_layer(full.then(|| auth::layer(Arc::clone(self.keys))))
+            .option_layer(full.then(|| self.global_limit.clone()))
+            .layer(DefaultBodyLimit::max(limits.max_request_bytes));
+        let grpc_router = grpc
+            .clone()
+            .fallback(fronts::openai::unknown_route)
+            .layer(layers.clone());
+        let ollama_router = fronts::ollama::standalone(state.clone()).layer(layers.clone());
+        // Operator data (/metrics, /status.json) sits behind keys and limits unless
+        // [telemetry] public says otherwise; the status page itself holds no data.
+        let operator = status::data_routes(StatusState {
+            nodes: Arc::clone(nodes),
+            metrics: Arc::clone(metrics),
+            config: Arc::clone(self.config_status),
+        });
+        let public = config.telemetry.public;
+        let mut router = fronts::openai::routes(state).merge(grpc).merge(ollama);
+        if !public {
+            router = router.merge(operator.clone());
         }
+        let mut router = router.layer(layers).merge(status::page_routes());
+        if public {
+            router = router.merge(operator);
+        }
+        (
+            Routers {
+                main: router,
+                grpc: grpc_router,
+                ollama: ollama_router,
+            },
+            grpc_health,
+        )
     }
 }
 

@@ -22,8 +22,8 @@ pub struct NodeReport {
 
 /// Probe every node concurrently.
 pub async fn check(config: &Config) -> Result<Vec<NodeReport>, String> {
-    let nodes = Nodes::from_config(config)?;
-    let reports = nodes.list.iter().map(|node| async move {
+    let nodes = Nodes::from_config(config)?.list();
+    let reports = nodes.iter().map(|node| async move {
         // SSH first: it waits for the connection the model-list probe then uses.
         let ssh = match node.ssh_sessions.first() {
             Some(session) => Some(diagnose(session, node.transport.clone(), "/v1/models").await),

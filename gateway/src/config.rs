@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use meshgate_transports::ssh::hosts;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -24,6 +25,7 @@ pub struct Config {
     pub limits: GlobalLimits,
     pub nodes: Vec<NodeConfig>,
     pub keys: Vec<KeyConfig>,
+    pub forwards: Vec<ForwardConfig>,
     pub grpc: GrpcConfig,
     pub ollama: OllamaConfig,
     pub telemetry: TelemetryConfig,
@@ -42,6 +44,7 @@ impl Default for Config {
             limits: GlobalLimits::default(),
             nodes: vec![NodeConfig::local("local", "http://127.0.0.1:11434")],
             keys: Vec::new(),
+            forwards: Vec::new(),
             grpc: GrpcConfig::default(),
             ollama: OllamaConfig::default(),
             telemetry: TelemetryConfig::default(),
@@ -109,6 +112,13 @@ pub struct ServerConfig {
     /// or two; on a small machine shared with model servers, fewer threads spend less
     /// CPU per request (fewer cross-thread wake-ups) at the cost of peak throughput.
     pub threads: usize,
+    /// On SIGTERM/SIGINT: stop accepting, then let open requests and streams finish for
+    /// up to this long before exiting anyway.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Meshgates a request may pass through (each adds itself to `Via`); beyond that, or
+    /// back at one it already passed, it is refused with 508.
+    pub max_hops: u32,
 }
 
 impl Default for ServerConfig {
@@ -119,6 +129,8 @@ impl Default for ServerConfig {
             max_response_bytes: 64 << 20,
             allow_unauthenticated: false,
             threads: 0,
+            drain_timeout: Duration::from_secs(30),
+            max_hops: 4,
         }
     }
 }
@@ -126,7 +138,7 @@ impl Default for ServerConfig {
 /// How SSH nodes are reached. Everything about a node (host name, user, port, keys,
 /// known_hosts, ProxyJump, keepalive) comes from the OpenSSH client config, as `ssh`
 /// itself would use it; these keys override it for every SSH node.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SshSettings {
     /// The OpenSSH client config that names the nodes (default: the user's
@@ -139,7 +151,7 @@ pub struct SshSettings {
 }
 
 /// Per-node overrides of what the ssh config says for the node's alias.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SshOverrides {
     pub user: Option<String>,
@@ -198,7 +210,7 @@ impl Default for Timeouts {
 }
 
 /// Per-node overrides of [`Timeouts`]; unset keys use the global value.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TimeoutOverrides {
     #[serde(default, with = "humantime_serde::option")]
@@ -223,7 +235,7 @@ impl Timeouts {
 }
 
 /// How a node is chosen among those that serve the model.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingConfig {
     /// How fast the time-to-first-token estimate forgets (Peak-EWMA decay).
@@ -273,7 +285,7 @@ impl Default for RetryConfig {
 }
 
 /// Per-node circuit breaker.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerConfig {
     /// Consecutive failures that take a node out of rotation.
@@ -296,7 +308,7 @@ impl Default for BreakerConfig {
 }
 
 /// Limits over all callers together.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GlobalLimits {
     pub requests_per_minute: Option<u32>,
@@ -306,7 +318,7 @@ pub struct GlobalLimits {
 
 /// An API key. The key itself is never in the file: only its SHA-256, or the name of an
 /// environment variable that holds it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
     pub name: String,
@@ -344,15 +356,19 @@ impl TransportKind {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
+    /// Required, except with a Host pattern in `ssh`: then each node is named after its
+    /// alias.
+    #[serde(default)]
     pub name: String,
     #[serde(default = "default_transport")]
     pub transport: TransportKind,
     /// `local` nodes: the model server's root URL.
     pub url: Option<String>,
-    /// SSH nodes: the `Host` alias in the OpenSSH client config.
+    /// SSH nodes: the `Host` alias in the OpenSSH client config, or an OpenSSH Host
+    /// pattern (`gpu-*`): one node per matching alias, named after it.
     pub ssh: Option<String>,
     /// SSH nodes: the model server's port on the node (its 127.0.0.1).
     #[serde(default = "default_port")]
@@ -379,6 +395,41 @@ pub struct NodeConfig {
     /// SSH nodes: the node sshd's MaxSessions (OpenSSH's default is 10).
     #[serde(default = "default_max_sessions")]
     pub max_sessions: u32,
+}
+
+/// A long-lived port forward over the SSH connection to `ssh` (`[[forwards]]`), like a
+/// kept-up `ssh -L` (`direction = "local"`) or `ssh -R` (`direction = "remote"`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardConfig {
+    pub name: String,
+    /// Host alias, as for nodes.
+    pub ssh: String,
+    /// This machine's side: where to listen (local) or where to connect (remote).
+    pub local: String,
+    /// The SSH server's side: where to connect (local) or where to listen (remote).
+    pub remote: String,
+    #[serde(default)]
+    pub direction: ForwardDirection,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardDirection {
+    /// Listen on `local`; each connection goes to `remote` as seen from the server (`ssh -L`).
+    #[default]
+    Local,
+    /// The server listens on `remote`; each connection comes back to `local` (`ssh -R`).
+    Remote,
+}
+
+impl ForwardDirection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForwardDirection::Local => "local",
+            ForwardDirection::Remote => "remote",
+        }
+    }
 }
 
 fn default_connections() -> u32 {
@@ -460,11 +511,14 @@ impl Config {
             key,
             message: message.into(),
         };
-        if self.nodes.is_empty() {
+        if self.nodes.is_empty() && self.forwards.is_empty() {
             return Err(invalid(
                 "nodes".into(),
-                "at least one [[nodes]] entry is needed",
+                "at least one [[nodes]] (or [[forwards]]) entry is needed",
             ));
+        }
+        if self.server.max_hops == 0 {
+            return Err(invalid("server.max_hops".into(), "must be at least 1"));
         }
         if self.server.max_request_bytes == 0 {
             return Err(invalid(
@@ -554,10 +608,18 @@ impl Config {
         let mut names = HashSet::new();
         for (i, node) in self.nodes.iter().enumerate() {
             let key = |field: &str| format!("nodes[{i}].{field}");
-            if node.name.is_empty() {
-                return Err(invalid(key("name"), "must not be empty"));
+            let pattern = node.ssh.as_deref().is_some_and(hosts::is_pattern);
+            match (pattern, node.name.is_empty()) {
+                (true, false) => {
+                    return Err(invalid(
+                        key("name"),
+                        "a Host pattern in ssh names each node after its alias; leave name out",
+                    ));
+                }
+                (false, true) => return Err(invalid(key("name"), "must not be empty")),
+                _ => {}
             }
-            if !names.insert(node.name.as_str()) {
+            if !pattern && !names.insert(node.name.as_str()) {
                 return Err(invalid(
                     key("name"),
                     &format!("`{}` is used by another node", node.name),
@@ -617,6 +679,51 @@ impl Config {
                 }
             }
         }
+        self.validate_forwards()?;
+        Ok(())
+    }
+
+    fn validate_forwards(&self) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid { key, message };
+        let mut names = HashSet::new();
+        let mut listens = HashSet::new();
+        for (i, f) in self.forwards.iter().enumerate() {
+            let key = |field: &str| format!("forwards[{i}].{field}");
+            if f.name.is_empty() || !names.insert(f.name.as_str()) {
+                return Err(invalid(key("name"), "must be unique and not empty".into()));
+            }
+            if f.ssh.is_empty() || hosts::is_pattern(&f.ssh) {
+                return Err(invalid(
+                    key("ssh"),
+                    "the Host alias from your ssh config (one host, not a pattern)".into(),
+                ));
+            }
+            for (field, value) in [("local", &f.local), ("remote", &f.remote)] {
+                if split_host_port(value).is_none() {
+                    return Err(invalid(
+                        key(field),
+                        format!("`{value}` is not host:port (e.g. \"127.0.0.1:5432\")"),
+                    ));
+                }
+            }
+            if f.direction == ForwardDirection::Local {
+                let Ok(addr) = f.local.parse::<SocketAddr>() else {
+                    return Err(invalid(
+                        key("local"),
+                        format!(
+                            "`{}`: a local forward listens on an IP address and port, e.g. \"127.0.0.1:5432\"",
+                            f.local
+                        ),
+                    ));
+                };
+                if !listens.insert(addr) || addr == self.server.listen {
+                    return Err(invalid(
+                        key("local"),
+                        format!("{addr} is already used by another listener"),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -665,6 +772,17 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// `host:port`, `[v6]:port` or `*:port`: the host and the port, if it is one.
+pub fn split_host_port(value: &str) -> Option<(&str, u16)> {
+    let (host, port) = value.rsplit_once(':')?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let port = port.parse().ok()?;
+    (!host.is_empty() && !host.contains(char::is_whitespace)).then_some((host, port))
 }
 
 fn check_host_key_policy(key: &str, value: &Option<String>) -> Result<(), ConfigError> {

@@ -137,7 +137,7 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
 
     // Wait for discovery to see every node.
     for _ in 0..100 {
-        if nodes.list.iter().all(|n| n.is_online()) {
+        if nodes.list().iter().all(|n| n.is_online()) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -152,7 +152,7 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
             token_ms: token,
             ..
         },
-    ) in nodes.list.iter().zip(NODES)
+    ) in nodes.list().iter().zip(NODES)
     {
         println!(
             "  node {:<10} tier {}  {:<8} {}  models {}  ({ttft} ms to first token, {token} ms/token)",

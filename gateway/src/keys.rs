@@ -40,8 +40,10 @@ impl ApiKey {
 #[derive(Debug, Clone)]
 pub struct Caller(pub Arc<ApiKey>);
 
+/// The configured keys, each with the entry it was made from (a reload keeps a key
+/// whose entry is unchanged, and with it the state of its limits).
 #[derive(Debug, Default)]
-pub struct Keys(Vec<Arc<ApiKey>>);
+pub struct Keys(Vec<(KeyConfig, Arc<ApiKey>)>);
 
 pub fn sha256(key: &[u8]) -> [u8; 32] {
     Sha256::digest(key).into()
@@ -49,8 +51,17 @@ pub fn sha256(key: &[u8]) -> [u8; 32] {
 
 impl Keys {
     pub fn from_config(configs: &[KeyConfig]) -> Result<Self, String> {
+        Self::reusing(configs, &Keys::default())
+    }
+
+    /// The keys of `configs`, taking those whose entry is unchanged from `previous`.
+    pub fn reusing(configs: &[KeyConfig], previous: &Keys) -> Result<Self, String> {
         let mut keys = Vec::with_capacity(configs.len());
         for c in configs {
+            if let Some((_, same)) = previous.0.iter().find(|(p, _)| p == c) {
+                keys.push((c.clone(), Arc::clone(same)));
+                continue;
+            }
             let digest = match (&c.sha256, &c.key_env) {
                 (Some(hex_digest), _) => {
                     let mut digest = [0u8; 32];
@@ -65,7 +76,7 @@ impl Keys {
                 }
                 (None, None) => return Err(format!("key `{}`: set sha256 or key_env", c.name)),
             };
-            keys.push(Arc::new(ApiKey {
+            let key = Arc::new(ApiKey {
                 name: c.name.as_str().into(),
                 digest,
                 models: c.models.as_ref().map(|m| m.iter().cloned().collect()),
@@ -73,7 +84,8 @@ impl Keys {
                     .requests_per_minute
                     .map(|rpm| RequestLimiter::per_minute(rpm, c.burst)),
                 tokens: c.tokens_per_minute.map(TokenBudget::per_minute),
-            }));
+            });
+            keys.push((c.clone(), key));
         }
         Ok(Self(keys))
     }
@@ -87,7 +99,7 @@ impl Keys {
     pub fn find(&self, presented: &[u8]) -> Option<Arc<ApiKey>> {
         let digest = sha256(presented);
         let mut found = None;
-        for key in &self.0 {
+        for (_, key) in &self.0 {
             if bool::from(key.digest.ct_eq(&digest)) {
                 found = Some(Arc::clone(key));
             }

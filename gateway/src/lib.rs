@@ -2,7 +2,7 @@
 //! several machines. See `app` for the request path, front to node, top to bottom.
 //!
 //! Modules, from the top down (each imports only from those below it):
-//! `app` (assembly) ─► `fronts` (REST, gRPC, Ollama) and `status` ─► `state` ─►
+//! `service` (install a unit), `reload` (SIGHUP, file changes) ─► `app` (assembly) ─► `fronts` (REST, gRPC, Ollama) and `status` ─► `state` ─►
 //! `edge` (HTTP layers) and `routing` (observe, authorize, failover, balance, attempt)
 //! ─► `translate`, `request` ─► `telemetry`, `metrics` ─► `nodes` ─► `keys`, `limits`,
 //! `errors`, `operation`, `config`.
@@ -21,8 +21,10 @@ pub mod limits;
 pub mod metrics;
 pub mod nodes;
 pub mod operation;
+pub mod reload;
 pub mod request;
 pub mod routing;
+pub mod service;
 pub mod state;
 pub mod status;
 pub mod telemetry;

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use meshgate::reload::{self, Source};
+use meshgate::service::{Manager, Scope, Service};
 use meshgate::{Config, Gateway, app, check, telemetry};
 
 #[derive(Parser)]
@@ -68,6 +70,12 @@ enum Command {
     },
     /// Print the SHA-256 of a key read from standard input (for [[keys]] sha256).
     HashKey,
+    /// Run meshgate as a service: a systemd unit (Linux) or a launchd job (macOS) that
+    /// starts at boot or login, restarts on failure and reloads on SIGHUP.
+    Service {
+        #[command(subcommand)]
+        action: ServiceAction,
+    },
     /// Run a self-contained mesh on loopback: meshgate plus three simulated nodes.
     #[cfg(feature = "demo")]
     Demo {
@@ -77,31 +85,103 @@ enum Command {
     },
 }
 
-fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
+/// Where the config comes from: `--config`, else ./meshgate.toml if it exists, else
+/// the built-in defaults.
+fn source(path: Option<PathBuf>, listen: Option<SocketAddr>) -> Source {
     let default_file = PathBuf::from("meshgate.toml");
-    match path {
-        Some(path) => Ok(Config::load(&path)?),
-        None if default_file.exists() => Ok(Config::load(&default_file)?),
-        None => Ok(Config::default()),
-    }
+    let path = path.or_else(|| default_file.exists().then_some(default_file));
+    // Absolute, so a reload reads the same file whatever the working directory is then.
+    let path = path.map(|p| std::path::absolute(&p).unwrap_or(p));
+    Source { path, listen }
 }
 
-/// The config `serve` runs with: the file (or defaults), with `--listen` applied.
-fn serve_config(path: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<Config> {
-    let mut config = load_config(path)?;
-    if let Some(listen) = listen {
-        config.server.listen = listen;
-        config.validate()?;
-    }
-    Ok(config)
+#[derive(Subcommand)]
+enum ServiceAction {
+    /// Write the unit (or plist) and start it.
+    Install {
+        #[command(flatten)]
+        scope: ScopeArg,
+        /// Print the unit instead of installing it.
+        #[arg(long)]
+        print: bool,
+        /// The config the service runs with (default: ./meshgate.toml); checked first.
+        #[arg(short, long, env = "MESHGATE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Default: this platform's (systemd on Linux, launchd on macOS).
+        #[arg(long, value_enum)]
+        manager: Option<ManagerArg>,
+    },
+    /// Stop the service and remove its unit.
+    Uninstall {
+        #[command(flatten)]
+        scope: ScopeArg,
+        #[arg(long, value_enum)]
+        manager: Option<ManagerArg>,
+    },
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct ScopeArg {
+    /// The user's own service manager (no root; `loginctl enable-linger` to run without
+    /// a login).
+    #[arg(long)]
+    user: bool,
+    /// The system's, running as the user who installs it (their ~/.ssh names the nodes).
+    #[arg(long)]
+    system: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ManagerArg {
+    Systemd,
+    Launchd,
+}
+
+fn service(
+    scope: &ScopeArg,
+    manager: Option<ManagerArg>,
+    config: PathBuf,
+) -> anyhow::Result<Service> {
+    let user = std::env::var("USER")
+        .ok()
+        .or_else(|| {
+            std::process::Command::new("id")
+                .arg("-un")
+                .output()
+                .ok()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        })
+        .filter(|u| !u.is_empty())
+        .context("cannot tell which user runs the service")?;
+    Ok(Service {
+        scope: if scope.system {
+            Scope::System
+        } else {
+            Scope::User
+        },
+        manager: match manager {
+            Some(ManagerArg::Systemd) => Manager::Systemd,
+            Some(ManagerArg::Launchd) => Manager::Launchd,
+            None => Manager::native(),
+        },
+        exe: std::env::current_exe().context("cannot find the meshgate binary")?,
+        config,
+        user,
+        agent: std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from),
+    })
+}
+
+fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
+    Ok(source(path, None).load()?)
 }
 
 /// Runs `cli`; `serve` runs with `served`, its config, read before the runtime started.
-async fn run(cli: Cli, served: Option<Config>) -> anyhow::Result<ExitCode> {
+async fn run(cli: Cli, served: Option<(Config, Source)>) -> anyhow::Result<ExitCode> {
     let log_format = cli.log_format;
     match cli.command {
         Command::Serve { .. } => {
-            let config = served.context("serve runs with its config")?;
+            let (config, source) = served.context("serve runs with its config")?;
             let _telemetry = telemetry::init_with(&config.telemetry, log_format.into())
                 .map_err(anyhow::Error::msg)?;
             let gateway = Gateway::new(&config).map_err(anyhow::Error::msg)?;
@@ -109,10 +189,16 @@ async fn run(cli: Cli, served: Option<Config>) -> anyhow::Result<ExitCode> {
                 .await
                 .with_context(|| format!("cannot listen on {}", config.server.listen))?;
             let extra = gateway.bind_extra().await?;
-            tracing::info!(listen = %listener.local_addr()?, grpc = ?config.grpc.listen, ollama = ?config.ollama.listen, nodes = config.nodes.len(), "meshgate serving");
+            tracing::info!(listen = %listener.local_addr()?, grpc = ?config.grpc.listen, ollama = ?config.ollama.listen, nodes = gateway.nodes().list().len(), "meshgate serving");
+            for warning in gateway.config_status().warnings {
+                tracing::warn!(%warning, "config");
+            }
+            let watcher = tokio::spawn(reload::watch(gateway.clone(), source));
             gateway
                 .serve_with(listener, extra, app::shutdown_signal())
                 .await?;
+            watcher.abort();
+            tracing::info!("stopped");
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => {
@@ -144,6 +230,50 @@ async fn run(cli: Cli, served: Option<Config>) -> anyhow::Result<ExitCode> {
             println!("{}", hex::encode(meshgate::keys::sha256(key.as_bytes())));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Service { action } => match action {
+            ServiceAction::Install {
+                scope,
+                print,
+                config,
+                manager,
+            } => {
+                let source = source(config, None);
+                let path = source.path.clone().context(
+                    "a service needs a config file: pass --config (or run where meshgate.toml is)",
+                )?;
+                source.load().with_context(|| {
+                    format!("{} is not a config meshgate can run", path.display())
+                })?;
+                let service = service(&scope, manager, path)?;
+                if print {
+                    print!("{}", service.render());
+                    return Ok(ExitCode::SUCCESS);
+                }
+                match service.install() {
+                    Ok(done) => {
+                        println!("{done}");
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    Err(e) => {
+                        eprintln!("{e}");
+                        Ok(ExitCode::FAILURE)
+                    }
+                }
+            }
+            ServiceAction::Uninstall { scope, manager } => {
+                let service = service(&scope, manager, PathBuf::new())?;
+                match service.uninstall() {
+                    Ok(done) => {
+                        println!("{done}");
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    Err(e) => {
+                        eprintln!("{e}");
+                        Ok(ExitCode::FAILURE)
+                    }
+                }
+            }
+        },
         #[cfg(feature = "demo")]
         Command::Demo { listen } => {
             meshgate::demo::run(listen).await?;
@@ -156,14 +286,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // `[server] threads` sizes the runtime, so `serve` reads its config before it starts.
     let served = match &cli.command {
-        Command::Serve { config, listen } => match serve_config(config.clone(), *listen) {
-            Ok(config) => Some(config),
-            Err(e) => return fail(e),
-        },
+        Command::Serve { config, listen } => {
+            let source = source(config.clone(), *listen);
+            match source.load() {
+                Ok(config) => Some((config, source)),
+                Err(e) => return fail(e.into()),
+            }
+        }
         _ => None,
     };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = served.as_ref().map(|c| c.server.threads).filter(|&n| n > 0) {
+    if let Some(threads) = served
+        .as_ref()
+        .map(|(c, _)| c.server.threads)
+        .filter(|&n| n > 0)
+    {
         runtime.worker_threads(threads);
     }
     let runtime = match runtime.enable_all().build() {
@@ -176,7 +313,7 @@ fn main() -> ExitCode {
     runtime.block_on(main_async(cli, served))
 }
 
-async fn main_async(cli: Cli, served: Option<Config>) -> ExitCode {
+async fn main_async(cli: Cli, served: Option<(Config, Source)>) -> ExitCode {
     if !matches!(cli.command, Command::Serve { .. }) {
         // `serve` sets up logging and traces once it has read its config.
         let _ = telemetry::init_with(&Default::default(), cli.log_format.into());

@@ -21,10 +21,9 @@
 //! as meshgate's time. A request whose client left before the answer (status 499) adds
 //! no sample: the attempt it cut short never booked its wait.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::SystemTime;
+use std::sync::{Arc, RwLock};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
@@ -96,17 +95,8 @@ pub struct ScopeLabels {
     pub scope: &'static str,
 }
 
-/// Recent failures per node, for the status page.
-const RECENT_ERRORS: usize = 8;
 /// Distinct model label values kept; beyond that, `other` (clients choose model names).
 const MAX_MODELS: usize = 256;
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RecentError {
-    /// Unix time in milliseconds.
-    pub at_ms: u64,
-    pub error: String,
-}
 
 pub struct Metrics {
     registry: Registry,
@@ -121,7 +111,6 @@ pub struct Metrics {
     pub gave_up: Counter,
     pub rate_limited: Family<ScopeLabels, Counter>,
     models: RwLock<HashSet<Arc<str>>>,
-    recent: Vec<(Arc<str>, Mutex<VecDeque<RecentError>>)>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -205,11 +194,6 @@ impl Metrics {
             "Requests refused by a rate limit, by scope (requests, tokens)",
             rate_limited.clone(),
         );
-        let recent = nodes
-            .list
-            .iter()
-            .map(|n| (Arc::clone(&n.name), Mutex::new(VecDeque::new())))
-            .collect();
         registry.register_collector(Box::new(NodeCollector(nodes)));
         registry.register_collector(Box::new(SshCollector));
         Arc::new(Self {
@@ -225,7 +209,6 @@ impl Metrics {
             gave_up,
             rate_limited,
             models: RwLock::default(),
-            recent,
         })
     }
 
@@ -256,33 +239,6 @@ impl Metrics {
             .inc();
     }
 
-    /// Remember a failure on a node for the status page.
-    pub fn node_error(&self, node: &str, error: String) {
-        if let Some((_, list)) = self.recent.iter().find(|(n, _)| &**n == node) {
-            let at_ms = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis() as u64;
-            let mut list = list.lock().unwrap_or_else(|e| e.into_inner());
-            if list.len() == RECENT_ERRORS {
-                list.pop_front();
-            }
-            list.push_back(RecentError { at_ms, error });
-        }
-    }
-
-    /// A node's recent failures, newest first.
-    pub fn recent_errors(&self, node: &str) -> Vec<RecentError> {
-        self.recent
-            .iter()
-            .find(|(n, _)| &**n == node)
-            .map(|(_, list)| {
-                let list = list.lock().unwrap_or_else(|e| e.into_inner());
-                list.iter().rev().cloned().collect()
-            })
-            .unwrap_or_default()
-    }
-
     /// The registry in the text exposition format.
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
@@ -305,7 +261,8 @@ impl std::fmt::Debug for NodeCollector {
 
 impl Collector for NodeCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let nodes = &self.0.list;
+        let nodes = self.0.list();
+        let nodes = &nodes[..];
         let labels = |n: &crate::nodes::Node| NodeLabels {
             node: Name(Arc::clone(&n.name)),
         };

@@ -22,7 +22,8 @@ pub struct Arrived(pub Instant);
 /// What every front passes along from the client's request besides the body.
 #[derive(Debug, Clone, Default)]
 pub struct Inbound {
-    /// Only the headers the node should see: the request id and W3C trace context.
+    /// Only the headers the node should see: the request id, W3C trace context, and
+    /// `Via` (the meshgates passed, this one last: see `edge::hops`).
     pub headers: HeaderMap,
     /// Who is calling, when the edge's auth found a key.
     pub caller: Option<Caller>,
@@ -31,15 +32,15 @@ pub struct Inbound {
 }
 
 impl Inbound {
-    const PROPAGATED: [&str; 3] = ["x-request-id", "traceparent", "tracestate"];
+    const PROPAGATED: [&str; 4] = ["x-request-id", "traceparent", "tracestate", "via"];
 
     /// From the client's headers and what the edge layers put in the request's
     /// extensions (the caller, the arrival time).
     pub fn new(client_headers: &HeaderMap, extensions: &http::Extensions) -> Self {
         let mut headers = HeaderMap::new();
         for name in Self::PROPAGATED {
-            if let Some(value) = client_headers.get(name) {
-                headers.insert(name, value.clone());
+            for value in client_headers.get_all(name) {
+                headers.append(name, value.clone());
             }
         }
         Self {

@@ -65,7 +65,7 @@ async fn tier_one_down_spills_to_tier_two_and_traffic_returns() {
         "no request may fail during the outage"
     );
     primary.revive().await.unwrap();
-    wait_until(|| gw.nodes.list[0].is_online()).await;
+    wait_until(|| gw.nodes.list()[0].is_online()).await;
     assert!(
         load(&url, 1, 5).await.iter().all(|n| n == "primary"),
         "traffic returns to tier 1"

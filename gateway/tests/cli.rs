@@ -291,3 +291,145 @@ async fn logs_are_plain_text_off_a_terminal_and_json_on_request() {
     assert!(messages.contains(&"meshgate serving"), "{json}");
     assert!(lines.iter().all(|l| l["level"].is_string()), "{json}");
 }
+
+/// Start `meshgate serve --config <config>` on `port` and wait until it is ready.
+async fn serve(config: &TempConfig, port: u16) -> (std::process::Child, String) {
+    let child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config.0)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&base).await;
+    (child, base)
+}
+
+fn signal(child: &std::process::Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_twenty_open_streams_finish_then_exits_zero() {
+    // 20 tokens 60 ms apart: each stream is open for more than a second.
+    let node = Sim::start(SimConfig {
+        tokens: 20,
+        token_delay: Duration::from_millis(60),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let port = dead_port();
+    let config = TempConfig::new(&format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\ndrain_timeout = \"20s\"\n\
+         [[nodes]]\nname = \"a\"\nurl = \"{}\"\n",
+        node.url()
+    ));
+    let (mut child, base) = serve(&config, port).await;
+    let url = format!("{base}/v1/chat/completions");
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        let mut stream = EventStream::open(&url, chat_body("llama3.2", true)).await;
+        stream.next().await.expect("the stream started");
+        streams.push(stream);
+    }
+    signal(&child, "TERM");
+    // Draining: no new connections are taken...
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err(),
+        "still accepting after SIGTERM"
+    );
+    // ...and every open stream runs to its end.
+    for stream in streams {
+        let events = stream.collect().await;
+        assert_eq!(
+            events.last().map(String::as_str),
+            Some("[DONE]"),
+            "{events:?}"
+        );
+    }
+    let mut exited = None;
+    for _ in 0..250 {
+        exited = child.try_wait().unwrap();
+        if exited.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let exited = exited.expect("exits once the streams are done");
+    assert!(exited.success(), "{exited:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_toml_is_rejected_while_running_and_a_sighup_storm_is_harmless() {
+    let a = sim("a", &["llama3.2"]).await;
+    let b = sim("b", &["qwen2.5"]).await;
+    let port = dead_port();
+    let text = |nodes: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[discovery]\ninterval = \"200ms\"\n{nodes}"
+        )
+    };
+    let node =
+        |name: &str, sim: &Sim| format!("[[nodes]]\nname = \"{name}\"\nurl = \"{}\"\n", sim.url());
+    let config = TempConfig::new(&text(&node("a", &a)));
+    let (mut child, base) = serve(&config, port).await;
+    let chat = format!("{base}/v1/chat/completions");
+    let status = || async { get(&format!("{base}/status.json")).await.json() };
+
+    // Edited into invalid TOML while running: refused with the reason, still serving.
+    std::fs::write(&config.0, text(&node("a", &a)) + "[[nodes]\nname = \n").unwrap();
+    let mut shown = String::new();
+    for _ in 0..100 {
+        shown = status().await["config"]["last_error"]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if !shown.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        shown.contains(&config.0.display().to_string()) && shown.contains("line"),
+        "the reason names the file and the place: {shown:?}"
+    );
+    assert_eq!(post(&chat, chat_body("llama3.2", false)).await.status, 200);
+
+    // A SIGHUP storm: at most a few reloads, no failed request, still running.
+    std::fs::write(&config.0, text(&(node("a", &a) + &node("b", &b)))).unwrap();
+    for _ in 0..50 {
+        signal(&child, "HUP");
+    }
+    for _ in 0..20 {
+        assert_eq!(post(&chat, chat_body("llama3.2", false)).await.status, 200);
+    }
+    let mut served_b = false;
+    for _ in 0..100 {
+        if post(&chat, chat_body("qwen2.5", false)).await.status == 200 {
+            served_b = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served_b, "the fixed config was taken");
+    let after = status().await;
+    let reloads = after["config"]["reloads"].as_u64().unwrap();
+    assert!(
+        (1..=10).contains(&reloads),
+        "{reloads} reloads for 50 SIGHUPs"
+    );
+    assert!(after["config"]["last_error"].is_null(), "{after}");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP must not stop meshgate"
+    );
+    terminate(&mut child).await;
+}

@@ -112,7 +112,7 @@ async fn a_stream_that_stalls_midway_is_cut_in_band_and_counted_against_the_node
         "{last}"
     );
     assert!(!events.iter().any(|e| e == "[DONE]"));
-    let health = gw.nodes.list[0].health();
+    let health = gw.nodes.list()[0].health();
     assert_eq!(health.as_str(), "degraded", "{health:?}");
 }
 
@@ -141,7 +141,7 @@ async fn a_503_fails_over_and_the_node_is_skipped_after_repeated_failures() {
     }
     // The breaker opened after 3 consecutive failures: the sick node stopped getting traffic.
     assert_eq!(chat_count(&sick), 3);
-    assert_eq!(gw.nodes.list[0].health().as_str(), "offline");
+    assert_eq!(gw.nodes.list()[0].health().as_str(), "offline");
 }
 
 #[tokio::test]
@@ -172,7 +172,7 @@ async fn a_400_goes_back_to_the_client_without_retry_and_the_node_stays_healthy(
         0,
         "a 400 must never be retried elsewhere"
     );
-    assert_eq!(gw.nodes.list[0].health(), meshgate::nodes::Health::Online);
+    assert_eq!(gw.nodes.list()[0].health(), meshgate::nodes::Health::Online);
 }
 
 #[tokio::test]

@@ -26,11 +26,11 @@ async fn a_dead_node_fails_over_leaves_rotation_and_returns_when_back() {
         assert_eq!(reply.status, StatusCode::OK);
         assert_eq!(reply.headers["x-meshgate-node"], "b");
     }
-    wait_until(|| !gw.nodes.list[0].is_online()).await;
+    wait_until(|| !gw.nodes.list()[0].is_online()).await;
 
     // When it comes back, discovery returns it to rotation.
     a.revive().await.unwrap();
-    wait_until(|| gw.nodes.list[0].is_online()).await;
+    wait_until(|| gw.nodes.list()[0].is_online()).await;
 }
 
 #[tokio::test]
@@ -127,5 +127,5 @@ async fn a_node_rejecting_the_request_is_passed_through_and_stays_online() {
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     assert_eq!(reply.headers["x-meshgate-node"], "a");
     assert!(reply.json()["error"]["message"].is_string());
-    assert!(gw.nodes.list[0].is_online());
+    assert!(gw.nodes.list()[0].is_online());
 }

@@ -88,7 +88,7 @@ async fn rest_and_grpc_agree() {
     let b = sim("b", &["ghost"]).await;
     let gw = gateway_for(&[("a", &a), ("b", &b)]).await;
     b.kill();
-    wait_until(|| !gw.nodes.list[1].is_online()).await;
+    wait_until(|| !gw.nodes.list()[1].is_online()).await;
     let mut client = inference(gw.addr);
 
     for Case {

@@ -338,7 +338,7 @@ async fn grpc_and_ollama_answers_book_tokens_and_charge_the_key() {
         budgeted,
     ];
     let gw = gateway(config).await;
-    assert!(gw.nodes.list[0].speaks_ollama() && !gw.nodes.list[1].speaks_ollama());
+    assert!(gw.nodes.list()[0].speaks_ollama() && !gw.nodes.list()[1].speaks_ollama());
     let mut grpc = inference(gw.addr);
     let (mut input, mut output) = (0, 0);
 

@@ -57,7 +57,7 @@ fn text_of(lines: &[Value], chat: bool) -> String {
 async fn chat_streams_ndjson_by_default_from_an_ollama_node() {
     let a = sim("a", &["llama3.2"]).await;
     let gw = gateway_for(&[("a", &a)]).await;
-    wait_until(|| gw.nodes.list[0].speaks_ollama()).await;
+    wait_until(|| gw.nodes.list()[0].speaks_ollama()).await;
 
     let (status, headers, lines) = lines(&gw.url("/api/chat"), chat_json("llama3.2", None)).await;
     assert_eq!(status, StatusCode::OK);
@@ -83,7 +83,7 @@ async fn chat_streams_ndjson_by_default_from_an_ollama_node() {
 async fn generate_streams_and_not() {
     let a = sim("a", &["llama3.2"]).await;
     let gw = gateway_for(&[("a", &a)]).await;
-    wait_until(|| gw.nodes.list[0].speaks_ollama()).await;
+    wait_until(|| gw.nodes.list()[0].speaks_ollama()).await;
     let body = json!({"model": "llama3.2", "prompt": "why is the sky blue"});
     let (status, _, lines) = lines(&gw.url("/api/generate"), body.to_string()).await;
     assert_eq!(status, StatusCode::OK);
@@ -106,7 +106,7 @@ async fn an_openai_only_node_gets_a_translated_request_and_the_client_an_ollama_
     let sim_node = sim("v", &["qwen2.5"]).await;
     let node = OpenAiOnly::start(&sim_node.url()).await;
     let gw = gateway(config_for(&[("vllm", node.url.clone())])).await;
-    assert!(!gw.nodes.list[0].speaks_ollama());
+    assert!(!gw.nodes.list()[0].speaks_ollama());
 
     // Streamed chat: NDJSON lines made from SSE chunks, then done with counters.
     let (status, headers, lines) = lines(&gw.url("/api/chat"), chat_json("qwen2.5", None)).await;
@@ -182,7 +182,7 @@ async fn a_cut_stream_ends_with_an_error_line_and_no_done() {
     let sim_v = sim("v", &["qwen2.5"]).await;
     let v = OpenAiOnly::start(&sim_v.url()).await;
     let gw = gateway(config_for(&[("a", a.url()), ("v", v.url.clone())])).await;
-    wait_until(|| gw.nodes.list[0].speaks_ollama()).await;
+    wait_until(|| gw.nodes.list()[0].speaks_ollama()).await;
     for s in [&a, &sim_v] {
         s.set_faults(Faults {
             drop_after: Some(3),
@@ -313,7 +313,7 @@ async fn inventory_is_the_union_over_nodes() {
         ("v", v.url.clone()),
     ]))
     .await;
-    wait_until(|| gw.nodes.list[0].speaks_ollama() && gw.nodes.list[1].speaks_ollama()).await;
+    wait_until(|| gw.nodes.list()[0].speaks_ollama() && gw.nodes.list()[1].speaks_ollama()).await;
 
     let tags = get(&gw.url("/api/tags")).await.json();
     let names: Vec<&str> = tags["models"]

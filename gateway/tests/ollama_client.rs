@@ -49,7 +49,7 @@ async fn the_ollama_client_works_against_an_ollama_node() {
     };
     let a = sim("a", &["llama3.2"]).await;
     let gw = gateway_for(&[("a", &a)]).await;
-    wait_until(|| gw.nodes.list[0].speaks_ollama()).await;
+    wait_until(|| gw.nodes.list()[0].speaks_ollama()).await;
     run(python, &gw.url(""), "llama3.2").await;
     assert!(a.stats().by_route["/api/chat"] >= 2);
 }

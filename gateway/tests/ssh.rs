@@ -130,7 +130,7 @@ async fn a_killed_ssh_connection_fails_over_without_a_failed_request_and_reconne
     }
     // meshgate reconnects on its own, and the forward node serves again.
     let served_before = chat_count(&f);
-    wait_until(|| mesh.gw.nodes.list[0].ssh_sessions[0].state().as_str() == "connected").await;
+    wait_until(|| mesh.gw.nodes.list()[0].ssh_sessions[0].state().as_str() == "connected").await;
     // Bounded by time, not by a count: the failures during the kill opened the forward
     // node's breaker, which lets a request through again once its backoff (under a
     // second here) has passed; the exec node answers each request in well under that.

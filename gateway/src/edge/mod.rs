@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod count;
+pub mod hops;
 pub mod rate_limit;
 pub mod request_id;
 

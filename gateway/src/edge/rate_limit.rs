@@ -39,6 +39,7 @@ fn write_headers(headers: &mut HeaderMap, scope: LimitScope, s: Snapshot) {
 
 #[derive(Clone)]
 pub struct RateLimitLayer {
+    limits: GlobalLimits,
     global: Option<Arc<RequestLimiter>>,
 }
 
@@ -47,7 +48,20 @@ impl RateLimitLayer {
         let global = limits
             .requests_per_minute
             .map(|rpm| Arc::new(RequestLimiter::per_minute(rpm, limits.burst)));
-        Self { global }
+        Self {
+            limits: *limits,
+            global,
+        }
+    }
+
+    /// For a reload: this layer again if `limits` did not change (its limiter keeps
+    /// what it has counted), else a new one.
+    pub fn reusing(&self, limits: &GlobalLimits) -> Self {
+        if self.limits == *limits {
+            self.clone()
+        } else {
+            Self::new(limits)
+        }
     }
 }
 

@@ -61,6 +61,11 @@ pub enum GatewayError {
     },
     #[error("internal error: {0}")]
     Internal(String),
+    /// The request came back to a meshgate it already passed.
+    #[error("{0}")]
+    Loop(String),
+    #[error("this request passed {hops} meshgates; the limit is {max} ([server] max_hops)")]
+    TooManyHops { hops: u32, max: u32 },
     /// A node answered with a non-2xx status, on a front that re-renders node answers
     /// (gRPC, Ollama translated) rather than passing them through.
     #[error("node `{node}` answered {status}: {message}")]
@@ -116,6 +121,7 @@ pub enum GrpcCode {
     NotFound = 5,
     PermissionDenied = 7,
     ResourceExhausted = 8,
+    FailedPrecondition = 9,
     Unimplemented = 12,
     Internal = 13,
     Unavailable = 14,
@@ -188,6 +194,8 @@ impl GatewayError {
             Self::Saturated(_) => class(S::SERVICE_UNAVAILABLE, G::Unavailable, SERVER, Some("nodes_saturated"), false),
             Self::GaveUp { last, .. } => Class { failover: false, ..last.class() },
             Self::Internal(_) => class(S::INTERNAL_SERVER_ERROR, G::Internal, SERVER, Some("internal_error"), false),
+            Self::Loop(_) => class(S::LOOP_DETECTED, G::FailedPrecondition, SERVER, Some("loop_detected"), false),
+            Self::TooManyHops { .. } => class(S::LOOP_DETECTED, G::FailedPrecondition, SERVER, Some("too_many_hops"), false),
             Self::NodeStatus { status, .. } => class(*status, G::for_node_status(*status), if status.is_client_error() { INVALID } else { SERVER }, Some("upstream_error"), false),
         }
     }

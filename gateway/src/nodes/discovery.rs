@@ -2,7 +2,7 @@
 //! transport — OpenAI's `GET /v1/models`, falling back to Ollama's `GET /api/tags` —
 //! periodically, so a node that comes back or loads a new model is picked up.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -104,45 +104,39 @@ async fn get(node: &Node, path: &'static str) -> Result<(http::StatusCode, Bytes
     Ok((status, body))
 }
 
-/// Probe every node now and then every `interval`, until the returned tasks are aborted.
-pub fn spawn_discovery(
-    nodes: &Arc<Nodes>,
+/// Probe `node` now and then every `interval` until aborted (or the nodes are gone).
+pub(super) fn spawn(
+    node: Arc<Node>,
+    nodes: Weak<Nodes>,
     interval: Duration,
     timeout: Duration,
-) -> Vec<JoinHandle<()>> {
-    nodes
-        .list
-        .iter()
-        .map(|node| {
-            let node = Arc::clone(node);
-            let nodes = Arc::clone(nodes);
-            tokio::spawn(async move {
-                let mut ticker = tokio::time::interval(interval);
-                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    ticker.tick().await;
-                    let probe = probe(&node, timeout).await;
-                    let was_reachable = node.state().reachability == Reachability::Up;
-                    if node.record_probe(&probe) {
-                        nodes.reindex();
-                    }
-                    match (&probe.result, was_reachable) {
-                        (Ok(found), false) => tracing::info!(
-                            node = %node.name,
-                            models = found.models.len(),
-                            rtt_ms = probe.rtt.as_secs_f64() * 1e3,
-                            "node reachable"
-                        ),
-                        (Err(reason), true) => {
-                            tracing::warn!(node = %node.name, %reason, "node unreachable")
-                        }
-                        (Err(reason), false) => {
-                            tracing::debug!(node = %node.name, %reason, "node still unreachable")
-                        }
-                        _ => {}
-                    }
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let probe = probe(&node, timeout).await;
+            let was_reachable = node.state().reachability == Reachability::Up;
+            if node.record_probe(&probe) {
+                let Some(nodes) = nodes.upgrade() else { return };
+                nodes.reindex();
+            }
+            match (&probe.result, was_reachable) {
+                (Ok(found), false) => tracing::info!(
+                    node = %node.name,
+                    models = found.models.len(),
+                    rtt_ms = probe.rtt.as_secs_f64() * 1e3,
+                    "node reachable"
+                ),
+                (Err(reason), true) => {
+                    tracing::warn!(node = %node.name, %reason, "node unreachable")
                 }
-            })
-        })
-        .collect()
+                (Err(reason), false) => {
+                    tracing::debug!(node = %node.name, %reason, "node still unreachable")
+                }
+                _ => {}
+            }
+        }
+    })
 }

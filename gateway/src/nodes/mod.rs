@@ -8,9 +8,10 @@ mod body;
 pub mod breaker;
 mod discovery;
 pub mod ewma;
+mod plan;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -21,12 +22,14 @@ use meshgate_transports::ssh::{
     SshTarget,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 pub use body::{InFlight, NodeBody};
-pub use discovery::{Found, Probe, probe, spawn_discovery};
+pub use discovery::{Found, Probe, probe};
+pub use plan::{Plan, SessionPool, ssh_config_path};
 
-use crate::config::{Config, NodeConfig, Timeouts, TransportKind};
+use crate::config::{BreakerConfig, Config, NodeConfig, RoutingConfig, Timeouts, TransportKind};
 use breaker::{Admission, Breaker, State as BreakerState};
 use ewma::PeakEwma;
 
@@ -92,6 +95,70 @@ pub struct Node {
     ttft: Mutex<PeakEwma>,
     breaker: Mutex<Breaker>,
     state: RwLock<NodeState>,
+    /// What the node was built from: a reload keeps the node (its connection, health and
+    /// estimate) when this is unchanged.
+    spec: NodeSpec,
+    /// Answers (first body byte) so far, and their summed time to first token, for the
+    /// status page's charts.
+    answers: AtomicU64,
+    ttft_sum_ns: AtomicU64,
+    history: Mutex<History>,
+    recent_errors: Mutex<VecDeque<RecentError>>,
+}
+
+/// Everything a node is built from, compared on reload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeSpec {
+    pub config: NodeConfig,
+    timeouts: Timeouts,
+    routing: RoutingConfig,
+    breaker: BreakerConfig,
+    /// SSH nodes: the alias as the ssh config resolves it now (a changed HostName, User
+    /// or key in the ssh config makes a new node).
+    target: Option<SshTarget>,
+}
+
+impl NodeSpec {
+    /// Resolve `config` against the global settings (and, for SSH nodes, the ssh config).
+    pub fn resolve(config: &NodeConfig, global: &Config) -> Result<Self, String> {
+        let target = match config.transport {
+            TransportKind::Local => None,
+            TransportKind::Forward | TransportKind::Exec => Some(resolve_target(config, global)?),
+        };
+        Ok(Self {
+            config: config.clone(),
+            timeouts: global.timeouts.with(&config.timeouts),
+            routing: global.routing,
+            breaker: global.breaker,
+            target,
+        })
+    }
+}
+
+/// Failures kept per node for the status page.
+const RECENT_ERRORS: usize = 8;
+/// The status page's charts: one sample per [`HISTORY_EVERY`], [`HISTORY_LEN`] of them.
+pub const HISTORY_EVERY: Duration = Duration::from_secs(5);
+const HISTORY_LEN: usize = 120;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RecentError {
+    /// Unix time in milliseconds.
+    pub at_ms: u64,
+    pub error: String,
+}
+
+/// One chart point: answers per second and mean time to first token over the interval.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Sample {
+    pub rate: f64,
+    pub ttft_ms: Option<f64>,
+}
+
+#[derive(Default)]
+struct History {
+    samples: VecDeque<Sample>,
+    last: Option<(Instant, u64, u64)>,
 }
 
 /// A claim on a node for one request: a concurrency slot (if the node has a limit) and
@@ -114,11 +181,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Node {
-    pub fn new(config: &NodeConfig, global: &Config) -> Result<Self, String> {
-        let timeouts = global.timeouts.with(&config.timeouts);
+    /// Build the node `spec` describes; SSH nodes take their connection from `sessions`
+    /// (shared with forwards to the same host).
+    pub fn new(spec: NodeSpec, sessions: &SessionPool) -> Result<Self, String> {
+        let config = &spec.config;
+        let timeouts = spec.timeouts;
         let mut ssh_sessions = Vec::new();
-        let (transport, target) = match config.transport {
-            TransportKind::Local => {
+        let (transport, target) = match &spec.target {
+            None => {
                 let url = config.url.clone().unwrap_or_default();
                 let api_key = match &config.api_key_env {
                     Some(var) => Some(std::env::var(var).map_err(|_| {
@@ -139,10 +209,10 @@ impl Node {
                 .map_err(|e| format!("node `{}`: {e}", config.name))?;
                 (BoxTransport::new(local), url)
             }
-            TransportKind::Forward | TransportKind::Exec => {
-                let (transport, target, sessions) = ssh_transport(config, global, timeouts)?;
+            Some(target) => {
+                let (transport, sessions) = ssh_transport(config, target, timeouts, sessions);
                 ssh_sessions = sessions;
-                (transport, target)
+                (transport, target.describe())
             }
         };
         let static_models: Option<Arc<[String]>> = config.models.clone().map(Into::into);
@@ -161,10 +231,10 @@ impl Node {
             waiting: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             ttft: Mutex::new(PeakEwma::new(
-                global.routing.default_ttft,
-                global.routing.ewma_decay,
+                spec.routing.default_ttft,
+                spec.routing.ewma_decay,
             )),
-            breaker: Mutex::new(Breaker::new(global.breaker)),
+            breaker: Mutex::new(Breaker::new(spec.breaker)),
             state: RwLock::new(NodeState {
                 reachability: Reachability::Unknown,
                 models: static_models.clone().unwrap_or_else(|| Arc::new([])),
@@ -174,7 +244,46 @@ impl Node {
                 speaks_ollama: false,
             }),
             static_models,
+            answers: AtomicU64::new(0),
+            ttft_sum_ns: AtomicU64::new(0),
+            history: Mutex::default(),
+            recent_errors: Mutex::default(),
+            spec,
         })
+    }
+
+    pub fn spec(&self) -> &NodeSpec {
+        &self.spec
+    }
+
+    /// The node's recent failures, newest first.
+    pub fn recent_errors(&self) -> Vec<RecentError> {
+        lock(&self.recent_errors).iter().rev().cloned().collect()
+    }
+
+    /// Chart points, oldest first.
+    pub fn history(&self) -> Vec<Sample> {
+        lock(&self.history).samples.iter().copied().collect()
+    }
+
+    /// Add a chart point: what was answered since the last one.
+    fn sample(&self, now: Instant) {
+        let answers = self.answers.load(Ordering::Relaxed);
+        let ttft_sum = self.ttft_sum_ns.load(Ordering::Relaxed);
+        let mut history = lock(&self.history);
+        if let Some((at, last_answers, last_sum)) = history.last {
+            let n = answers.saturating_sub(last_answers);
+            let secs = now.saturating_duration_since(at).as_secs_f64().max(1e-3);
+            let sample = Sample {
+                rate: n as f64 / secs,
+                ttft_ms: (n > 0).then(|| ttft_sum.saturating_sub(last_sum) as f64 / n as f64 / 1e6),
+            };
+            if history.samples.len() == HISTORY_LEN {
+                history.samples.pop_front();
+            }
+            history.samples.push_back(sample);
+        }
+        history.last = Some((now, answers, ttft_sum));
     }
 
     pub fn state(&self) -> NodeState {
@@ -333,6 +442,20 @@ impl Node {
 
     fn record_failure(&self, reason: String) {
         tracing::debug!(node = %self.name, %reason, "node failure");
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        {
+            let mut recent = lock(&self.recent_errors);
+            if recent.len() == RECENT_ERRORS {
+                recent.pop_front();
+            }
+            recent.push_back(RecentError {
+                at_ms,
+                error: reason.clone(),
+            });
+        }
         lock(&self.breaker).on_failure(Instant::now(), reason);
     }
 
@@ -341,6 +464,9 @@ impl Node {
     }
 
     fn record_ttft(&self, ttft: Duration) {
+        self.answers.fetch_add(1, Ordering::Relaxed);
+        self.ttft_sum_ns
+            .fetch_add(ttft.as_nanos() as u64, Ordering::Relaxed);
         lock(&self.ttft).sample(ttft, Instant::now());
     }
 
@@ -373,17 +499,12 @@ impl Node {
     }
 }
 
-/// A forward or exec transport to an SSH node, from its alias in the OpenSSH config.
-/// Connecting happens in the background: a node that is down does not hold up start.
-fn ssh_transport(
-    config: &NodeConfig,
-    global: &Config,
-    timeouts: Timeouts,
-) -> Result<(BoxTransport, String, Vec<Arc<Session>>), String> {
+/// Resolve an SSH node's alias in the OpenSSH config, with the node's and the global
+/// overrides.
+fn resolve_target(config: &NodeConfig, global: &Config) -> Result<SshTarget, String> {
     let alias = config.ssh.as_deref().unwrap_or_default();
     let policy = |value: &Option<String>| value.as_deref().and_then(HostKeyPolicy::parse);
     let options = ResolveOptions {
-        config_path: global.ssh.config.as_deref().map(ssh::config::expand_home),
         user: config.ssh_options.user.clone(),
         port: config.ssh_options.port,
         identity_file: config
@@ -393,42 +514,99 @@ fn ssh_transport(
             .map(ssh::config::expand_home),
         host_key_policy: policy(&config.ssh_options.strict_host_key_checking)
             .or(policy(&global.ssh.strict_host_key_checking)),
+        ..resolve_options(global)
+    };
+    SshTarget::resolve(alias, &options).map_err(|e| format!("node `{}`: {e}", config.name))
+}
+
+/// How aliases are resolved for every SSH node and forward: the `[ssh]` settings.
+pub fn resolve_options(global: &Config) -> ResolveOptions {
+    let policy = global
+        .ssh
+        .strict_host_key_checking
+        .as_deref()
+        .and_then(HostKeyPolicy::parse);
+    ResolveOptions {
+        config_path: global.ssh.config.as_deref().map(ssh::config::expand_home),
+        host_key_policy: policy,
         known_hosts_file: global
             .ssh
             .known_hosts
             .as_deref()
             .map(ssh::config::expand_home),
         ..ResolveOptions::default()
-    };
-    let target =
-        SshTarget::resolve(alias, &options).map_err(|e| format!("node `{}`: {e}", config.name))?;
-    let described = target.describe();
+    }
+}
+
+/// A forward or exec transport to an SSH node. Connecting happens in the background: a
+/// node that is down does not hold up start.
+fn ssh_transport(
+    config: &NodeConfig,
+    target: &SshTarget,
+    timeouts: Timeouts,
+    pool: &SessionPool,
+) -> (BoxTransport, Vec<Arc<Session>>) {
     let session_options = SessionOptions {
         connect_timeout: timeouts.connect,
         max_sessions: config.max_sessions as usize,
         ..SessionOptions::default()
     };
-    Ok(match config.transport {
+    match config.transport {
         TransportKind::Exec => {
+            // The first connection is the host's shared one; the others are the node's own.
             let sessions: Vec<_> = (0..config.connections)
-                .map(|_| Session::new(target.clone(), session_options.clone()))
+                .map(|i| match i {
+                    0 => pool.session(target, &session_options),
+                    _ => Session::new(target.clone(), session_options.clone()),
+                })
                 .collect();
             let transport = BoxTransport::new(ExecTransport::new(sessions.clone(), config.port));
-            (transport, described, sessions)
+            (transport, sessions)
         }
         _ => {
-            let session = Session::new(target, session_options);
+            let session = pool.session(target, &session_options);
             let transport =
                 BoxTransport::new(ForwardTransport::new(Arc::clone(&session), config.port));
-            (transport, described, vec![session])
+            (transport, vec![session])
         }
-    })
+    }
 }
 
-/// All configured nodes, and which of them serve each model, by tier.
+/// Probe `nodes` once, together, each for at most `timeout`, and record what they said.
+pub async fn probe_all(nodes: &[Arc<Node>], timeout: Duration) {
+    let probes = nodes.iter().map(|node| async move {
+        let probe = probe(node, timeout).await;
+        node.record_probe(&probe);
+    });
+    futures_util::future::join_all(probes).await;
+}
+
+/// The nodes meshgate routes to now, and which of them serve each model, by tier. A
+/// reload swaps the list ([`Nodes::replace`]); requests already on a removed node finish
+/// on it (they hold it).
 pub struct Nodes {
-    pub list: Vec<Arc<Node>>,
+    list: RwLock<Arc<[Arc<Node>]>>,
     index: RwLock<Arc<ModelIndex>>,
+    /// One discovery task per node, aborted when the node leaves the list.
+    discovery: Mutex<Discovery>,
+}
+
+#[derive(Default)]
+struct Discovery {
+    every: Option<(Duration, Duration)>,
+    tasks: Vec<(Arc<Node>, JoinHandle<()>)>,
+    charts: Option<JoinHandle<()>>,
+}
+
+impl Drop for Discovery {
+    fn drop(&mut self) {
+        for (_, task) in &self.tasks {
+            task.abort();
+        }
+        if let Some(task) = &self.charts {
+            task.abort();
+        }
+    }
 }
 
 /// model -> tiers (lowest priority number first) -> nodes that report the model.
@@ -463,17 +641,83 @@ impl ModelIndex {
     pub fn tiers(&self, model: &str) -> Option<&[Vec<Arc<Node>>]> {
         self.0.get(model).map(Vec::as_slice)
     }
+
+    /// Every model and its tiers, in no particular order.
+    pub fn models(&self) -> impl Iterator<Item = (&str, &[Vec<Arc<Node>>])> {
+        self.0.iter().map(|(m, t)| (m.as_str(), t.as_slice()))
+    }
 }
 
 impl Nodes {
+    /// The nodes `config` names, built fresh (for `meshgate check` and tests); patterns
+    /// expanded. Serving uses [`Plan`] so a reload can keep unchanged nodes.
     pub fn from_config(config: &Config) -> Result<Self, String> {
-        let list: Vec<Arc<Node>> = config
-            .nodes
-            .iter()
-            .map(|n| Node::new(n, config).map(Arc::new))
-            .collect::<Result<_, _>>()?;
+        let plan = Plan::new(config, &[], &SessionPool::default())?;
+        Ok(Self::new(plan.nodes))
+    }
+
+    pub fn new(list: Vec<Arc<Node>>) -> Self {
         let index = RwLock::new(Arc::new(ModelIndex::build(&list)));
-        Ok(Self { list, index })
+        Self {
+            list: RwLock::new(list.into()),
+            index,
+            discovery: Mutex::default(),
+        }
+    }
+
+    /// The nodes now.
+    pub fn list(&self) -> Arc<[Arc<Node>]> {
+        Arc::clone(&self.list.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Route to `list` from now on; discovery starts for new nodes and stops for
+    /// removed ones.
+    pub fn replace(self: &Arc<Self>, list: Vec<Arc<Node>>) {
+        *self.list.write().unwrap_or_else(|e| e.into_inner()) = list.into();
+        self.reindex();
+        let every = lock(&self.discovery).every;
+        if let Some((interval, timeout)) = every {
+            self.discover(interval, timeout);
+        }
+    }
+
+    /// Keep every node's discovery task running (probe now, then every `interval`), and
+    /// the status charts sampled; stopped when the nodes are dropped.
+    pub fn discover(self: &Arc<Self>, interval: Duration, timeout: Duration) {
+        let list = self.list();
+        let mut discovery = lock(&self.discovery);
+        let restart = discovery.every != Some((interval, timeout));
+        discovery.every = Some((interval, timeout));
+        let mut kept = Vec::with_capacity(list.len());
+        for (node, task) in std::mem::take(&mut discovery.tasks) {
+            if !restart && list.iter().any(|n| Arc::ptr_eq(n, &node)) {
+                kept.push((node, task));
+            } else {
+                task.abort();
+            }
+        }
+        for node in list.iter() {
+            if !kept.iter().any(|(n, _)| Arc::ptr_eq(n, node)) {
+                let task =
+                    discovery::spawn(Arc::clone(node), Arc::downgrade(self), interval, timeout);
+                kept.push((Arc::clone(node), task));
+            }
+        }
+        discovery.tasks = kept;
+        if discovery.charts.is_none() {
+            let nodes = Arc::downgrade(self);
+            discovery.charts = Some(tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(HISTORY_EVERY);
+                loop {
+                    ticker.tick().await;
+                    let Some(nodes) = nodes.upgrade() else { return };
+                    let now = Instant::now();
+                    for node in nodes.list().iter() {
+                        node.sample(now);
+                    }
+                }
+            }));
+        }
     }
 
     pub fn index(&self) -> Arc<ModelIndex> {
@@ -482,7 +726,7 @@ impl Nodes {
 
     /// Rebuild the model index after a node's model list changed.
     pub fn reindex(&self) {
-        let index = Arc::new(ModelIndex::build(&self.list));
+        let index = Arc::new(ModelIndex::build(&self.list()));
         *self.index.write().unwrap_or_else(|e| e.into_inner()) = index;
     }
 
@@ -500,13 +744,13 @@ impl Nodes {
     }
 
     pub fn any_online(&self) -> bool {
-        self.list.iter().any(|n| n.is_online())
+        self.list().iter().any(|n| n.is_online())
     }
 
     /// The union of models over online nodes, sorted, without duplicates.
     pub fn online_models(&self) -> Vec<String> {
         let mut models: Vec<String> = self
-            .list
+            .list()
             .iter()
             .filter(|n| n.is_online())
             .flat_map(|n| n.state().models.to_vec())

@@ -137,7 +137,7 @@ fn to_node(request: &GatewayRequest, node: &Node) -> (meshgate_transports::Reque
         http::HeaderValue::from_static("application/json"),
     );
     for (name, value) in &request.headers {
-        headers.insert(name, value.clone());
+        headers.append(name, value.clone());
     }
     (node_request, dialect)
 }

@@ -220,7 +220,7 @@ mod tests {
             ..Config::default()
         };
         let nodes = Arc::new(Nodes::from_config(&config).unwrap());
-        for (i, node) in nodes.list.iter().enumerate() {
+        for (i, node) in nodes.list().iter().enumerate() {
             let result = if up(i) {
                 Ok(Found {
                     models: vec!["m".into()],

@@ -8,7 +8,8 @@
 //! the key in the page's fragment — `/status#key=mg-...` — which never leaves the browser
 //! except as the `Authorization` header of the page's own polls.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
 
 use axum::Router;
 use axum::extract::State;
@@ -18,13 +19,67 @@ use http::header;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::metrics::{Metrics, RecentError};
-use crate::nodes::{Health, Nodes};
+use crate::metrics::Metrics;
+use crate::nodes::{Health, Nodes, RecentError, Sample};
 
 #[derive(Clone)]
 pub struct StatusState {
     pub nodes: Arc<Nodes>,
     pub metrics: Arc<Metrics>,
+    pub config: Arc<RwLock<ConfigStatus>>,
+}
+
+/// How the config was last loaded: when, how many reloads, the last rejected one and
+/// why (the running config stays), and entries that made nothing (a pattern matching
+/// no Host).
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigStatus {
+    /// Unix time in milliseconds of the config now served.
+    pub loaded_at_ms: u64,
+    pub reloads: u64,
+    pub rejected: u64,
+    pub last_error: Option<ConfigError>,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigError {
+    pub at_ms: u64,
+    pub error: String,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+impl ConfigStatus {
+    pub fn loaded(warnings: Vec<String>) -> Self {
+        Self {
+            loaded_at_ms: now_ms(),
+            reloads: 0,
+            rejected: 0,
+            last_error: None,
+            warnings,
+        }
+    }
+
+    pub fn reloaded(&mut self, warnings: Vec<String>) {
+        self.loaded_at_ms = now_ms();
+        self.reloads += 1;
+        self.last_error = None;
+        self.warnings = warnings;
+    }
+
+    pub fn rejected(&mut self, error: String) {
+        self.rejected += 1;
+        self.last_error = Some(ConfigError {
+            at_ms: now_ms(),
+            error,
+        });
+    }
 }
 
 const PAGE: &str = include_str!("page.html");
@@ -56,6 +111,22 @@ async fn metrics(State(state): State<StatusState>) -> Response {
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub nodes: Vec<NodeStatus>,
+    /// For each model: the node that would serve it now, and its tier.
+    pub models: Vec<ModelRoute>,
+    pub config: ConfigStatus,
+    /// Seconds between two points of each node's `history`.
+    pub history_every_s: u64,
+}
+
+/// The "current resource" for a model: where a request for it goes now.
+#[derive(Debug, Serialize)]
+pub struct ModelRoute {
+    pub model: String,
+    /// `None`: no node serving it is online.
+    pub node: Option<String>,
+    pub tier: Option<u32>,
+    /// Nodes that report the model, online or not.
+    pub nodes: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -78,6 +149,9 @@ pub struct NodeStatus {
     pub breaker_opens: u64,
     /// Newest first.
     pub recent_errors: Vec<RecentError>,
+    /// Answers per second and mean time to first token, oldest first, one point per
+    /// `history_every_s`.
+    pub history: Vec<Sample>,
 }
 
 #[derive(Debug, Serialize)]
@@ -87,10 +161,10 @@ pub struct ModelStatus {
     pub loaded: Option<bool>,
 }
 
-pub fn status(nodes: &Nodes, metrics: &Metrics) -> Status {
+pub fn status(all: &Nodes, config: ConfigStatus) -> Status {
     let now = Instant::now();
-    let nodes = nodes
-        .list
+    let nodes = all
+        .list()
         .iter()
         .map(|n| {
             let state = n.state();
@@ -123,15 +197,50 @@ pub fn status(nodes: &Nodes, metrics: &Metrics) -> Status {
                     .map(|t| now.saturating_duration_since(t).as_millis() as u64),
                 probe_rtt_ms: state.rtt.map(|d| d.as_secs_f64() * 1e3),
                 breaker_opens: n.breaker_opens(),
-                recent_errors: metrics.recent_errors(&n.name),
+                recent_errors: n.recent_errors(),
+                history: n.history(),
             }
         })
         .collect();
-    Status { nodes }
+    Status {
+        nodes,
+        models: model_routes(all, now),
+        config,
+        history_every_s: crate::nodes::HISTORY_EVERY.as_secs(),
+    }
+}
+
+/// Per model, the best tier with an eligible node, and in it the node the balancer
+/// scores best now (what a request would most likely get).
+fn model_routes(nodes: &Nodes, now: Instant) -> Vec<ModelRoute> {
+    let index = nodes.index();
+    let mut routes: Vec<ModelRoute> = index
+        .models()
+        .map(|(model, tiers)| {
+            let best = tiers.iter().find_map(|tier| {
+                tier.iter()
+                    .filter(|n| n.eligible(now))
+                    .min_by(|a, b| a.load(now).total_cmp(&b.load(now)))
+            });
+            ModelRoute {
+                model: model.to_owned(),
+                node: best.map(|n| n.name.to_string()),
+                tier: best.map(|n| n.priority),
+                nodes: tiers.iter().map(Vec::len).sum(),
+            }
+        })
+        .collect();
+    routes.sort_by(|a, b| a.model.cmp(&b.model));
+    routes
 }
 
 async fn status_json(State(state): State<StatusState>) -> Response {
-    let mut response = axum::Json(status(&state.nodes, &state.metrics)).into_response();
+    let config = state
+        .config
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let mut response = axum::Json(status(&state.nodes, config)).into_response();
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, "no-store".parse().expect("valid"));

@@ -264,19 +264,14 @@ impl Meter {
                 outcome: label,
             })
             .inc();
-        match outcome {
-            AttemptOutcome::Answered(status) => {
-                m.ttft
-                    .get_or_create(&NodeLabels {
-                        node: Name(Arc::clone(node)),
-                    })
-                    .observe(waited.as_secs_f64());
-                observation.lock().ttft = Some(waited);
-                if status.is_server_error() {
-                    m.node_error(node, format!("answered {status}"));
-                }
-            }
-            AttemptOutcome::Failed(e) => m.node_error(node, e.to_string()),
+        // Failures are the node's to remember (`nodes::Node::recent_errors`).
+        if let AttemptOutcome::Answered(_) = outcome {
+            m.ttft
+                .get_or_create(&NodeLabels {
+                    node: Name(Arc::clone(node)),
+                })
+                .observe(waited.as_secs_f64());
+            observation.lock().ttft = Some(waited);
         }
     }
 
@@ -334,9 +329,6 @@ impl Meter {
         let mut end = observation.lock();
         end.status = Some(error.class().status);
         end.error = Some(error.class().code.unwrap_or("error"));
-        if let Some(node) = error.node() {
-            observation.metrics.node_error(node, error.to_string());
-        }
     }
 }
 

@@ -24,6 +24,8 @@ pub mod openai_only;
 pub struct TestGateway {
     pub addr: SocketAddr,
     pub nodes: std::sync::Arc<meshgate::nodes::Nodes>,
+    /// The running gateway (for reloads).
+    pub handle: Gateway,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -112,9 +114,15 @@ pub async fn sim(name: &str, models: &[&str]) -> Sim {
 
 /// Start a gateway and wait until every node has been probed online.
 pub async fn gateway(config: Config) -> TestGateway {
-    let gateway = Gateway::new(&config).expect("valid config");
-    let nodes = std::sync::Arc::clone(gateway.nodes());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_on(listener, config).await
+}
+
+/// [`gateway`] on a listener the caller bound (to know its address before the config).
+pub async fn serve_on(listener: tokio::net::TcpListener, config: Config) -> TestGateway {
+    let gateway = Gateway::new(&config).expect("valid config");
+    let handle = gateway.clone();
+    let nodes = std::sync::Arc::clone(gateway.nodes());
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
         gateway
@@ -122,10 +130,11 @@ pub async fn gateway(config: Config) -> TestGateway {
             .await
             .unwrap();
     });
-    wait_until(|| nodes.list.iter().all(|n| n.is_online())).await;
+    wait_until(|| nodes.list().iter().all(|n| n.is_online())).await;
     TestGateway {
         addr,
         nodes,
+        handle,
         server,
     }
 }

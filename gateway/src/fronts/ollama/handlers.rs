@@ -182,7 +182,7 @@ fn resolve(nodes: &Nodes, model: &str) -> String {
 
 fn online(nodes: &Nodes) -> Vec<Arc<Node>> {
     nodes
-        .list
+        .list()
         .iter()
         .filter(|n| n.is_online())
         .cloned()

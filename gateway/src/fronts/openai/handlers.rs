@@ -86,7 +86,7 @@ pub async fn healthz() -> Json<serde_json::Value> {
 
 /// Ready when at least one node is online.
 pub async fn readyz(State(app): State<AppState>) -> Response {
-    let online = app.nodes.list.iter().filter(|n| n.is_online()).count();
+    let online = app.nodes.list().iter().filter(|n| n.is_online()).count();
     let status = if online > 0 {
         StatusCode::OK
     } else {
@@ -95,7 +95,7 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
     let body = json!({
         "status": if online > 0 { "ready" } else { "not_ready" },
         "nodes_online": online,
-        "nodes": app.nodes.list.len(),
+        "nodes": app.nodes.list().len(),
     });
     (status, Json(body)).into_response()
 }
