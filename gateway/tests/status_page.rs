@@ -162,7 +162,7 @@ async fn a_killed_node_turns_offline_on_the_open_page_without_a_reload() {
             "binary": CHROMIUM,
             "args": ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--window-size=1280,520",
+                "--disable-sync", "--window-size=1400,900",
                 format!("--user-data-dir={}", driver.profile.display())],
         }
     }}});
@@ -213,6 +213,27 @@ async fn a_killed_node_turns_offline_on_the_open_page_without_a_reload() {
         .run("return document.querySelector('#node-gpu-desktop').textContent;")
         .await;
     assert!(models.as_str().unwrap().contains("qwen2.5"), "{models}");
+    // The "current resource": which node serves each model now.
+    let serving = |model: &str| {
+        format!(
+            "const r = document.getElementById('model-{model}'); return r ? r.dataset.node : null;"
+        )
+    };
+    browser
+        .wait_for(&serving("llama3.2"), json!("gpu-desktop"))
+        .await;
+    browser
+        .wait_for(&serving("qwen2.5"), json!("gpu-desktop"))
+        .await;
+    // Per node, the two charts of the last minutes (request rate, time to first token).
+    let charts = browser
+        .run("return document.querySelectorAll('#node-gpu-desktop svg.spark').length;")
+        .await;
+    assert_eq!(charts, json!(2));
+    let forwards = browser
+        .run("return document.getElementById('forwards').textContent;")
+        .await;
+    assert_eq!(forwards, json!("none configured"));
 
     let png = browser
         .driver
