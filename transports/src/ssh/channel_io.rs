@@ -41,6 +41,8 @@ pub struct ChannelIo {
     held: Vec<OwnedSemaphorePermit>,
     /// Our side's EOF is sent.
     shut_down: bool,
+    /// The node closed the channel after its EOF (seen by a write, see `poll_write`).
+    closed: bool,
 }
 
 impl ChannelIo {
@@ -57,6 +59,7 @@ impl ChannelIo {
             _open: None,
             held: Vec::new(),
             shut_down: false,
+            closed: false,
         }
     }
 
@@ -134,12 +137,54 @@ fn lost() -> io::Error {
     io::Error::new(io::ErrorKind::ConnectionAborted, "ssh connection lost")
 }
 
+impl ChannelIo {
+    /// After the node's EOF nobody reads the channel any more, so its CLOSE would go
+    /// unseen and a write waiting for window space the node will never grant would
+    /// hang: watch for it here, and fail writes once it came (or the connection went).
+    /// Not for exec channels, whose drop waits for that CLOSE itself.
+    fn poll_closed_after_eof(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        loop {
+            if self.closed {
+                return Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "channel closed by the node",
+                ));
+            }
+            if self.pending.is_none() {
+                let Some(mut read) = self.read.take() else {
+                    return Err(lost());
+                };
+                self.pending = Some(Box::pin(async move {
+                    let msg = read.wait().await;
+                    (read, msg)
+                }));
+            }
+            let Some(pending) = self.pending.as_mut() else {
+                return Ok(());
+            };
+            let Poll::Ready((read, msg)) = pending.as_mut().poll(cx) else {
+                return Ok(());
+            };
+            self.pending = None;
+            match msg {
+                None => return Err(lost()),
+                Some(ChannelMsg::Close) => self.closed = true,
+                Some(_) => {}
+            }
+            self.read = Some(read);
+        }
+    }
+}
+
 impl AsyncWrite for ChannelIo {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.eof && self.held.is_empty() {
+            self.poll_closed_after_eof(cx)?;
+        }
         self.writer.as_mut().poll_write(cx, buf)
     }
 

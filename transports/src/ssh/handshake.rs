@@ -4,7 +4,9 @@
 //! exchange with the host-key check against known_hosts ([`Client`], the russh
 //! handler), authentication ([`super::auth`]), and one warm-up exec per hop. The
 //! errors say whether retrying can help ([`SessionError::is_fatal`]). Keeping the
-//! connection up is [`super::session`]'s job, above this.
+//! connection up is [`super::session`]'s job, above this. The handler also hands the
+//! server's `forwarded-tcpip` channels (remote tunnels) to their tunnels through
+//! [`RemoteListens`], and marks the connection lost ([`LinkAlive`]) when it ends.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -19,6 +21,8 @@ use super::auth::{self, AuthError};
 use super::channel_io::ChannelIo;
 use super::config::SshTarget;
 use super::known_hosts::{self, HostKeyStatus};
+use super::link::{LinkAlive, LinkWatch};
+use super::remote_listens::{Incoming, RemoteListens};
 use crate::{Kind, Phase, TransportError};
 
 /// The few session settings a handshake needs.
@@ -73,13 +77,16 @@ impl fmt::Display for SessionError {
 
 impl std::error::Error for SessionError {}
 
-/// The russh client handler: checks the host key, and tells the session task when the
-/// connection is gone (by being dropped with russh's connection task).
+/// The russh client handler: checks the host key, routes forwarded connections to
+/// remote tunnels, and tells the session task and channel users when the connection is
+/// gone (by being dropped with russh's connection task).
 pub(crate) struct Client {
     target: SshTarget,
     host_key: Arc<Mutex<Option<HostKeyStatus>>>,
     disconnect_reason: Arc<Mutex<Option<String>>>,
     _closed: oneshot::Sender<()>,
+    alive: LinkAlive,
+    listens: Arc<RemoteListens>,
     /// The hop this connection runs through, kept alive as long as we are.
     _jump: Option<Arc<Handle<Client>>>,
 }
@@ -121,11 +128,42 @@ impl client::Handler for Client {
             client::DisconnectReason::Error(e) => Err(e),
         }
     }
+
+    async fn server_channel_open_forwarded_tcpip(
+        &mut self,
+        channel: russh::Channel<client::Msg>,
+        connected_address: &str,
+        connected_port: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        let incoming = Incoming {
+            channel,
+            reply,
+            link: self.alive.watch(),
+            originator: format!("{originator_address}:{originator_port}"),
+        };
+        if !self
+            .listens
+            .dispatch(connected_address, connected_port, incoming)
+        {
+            tracing::warn!(
+                node = %self.target.alias,
+                address = %connected_address,
+                port = connected_port,
+                "rejected a forwarded connection: no tunnel listens there (or its queue is full)"
+            );
+        }
+        Ok(())
+    }
 }
 
 pub(crate) struct Connected {
     pub handle: Handle<Client>,
     pub closed: oneshot::Receiver<()>,
+    pub link: LinkWatch,
     pub disconnect_reason: Arc<Mutex<Option<String>>>,
     pub host_key: HostKeyStatus,
 }
@@ -149,15 +187,19 @@ fn russh_config(target: &SshTarget, options: &HandshakeOptions) -> client::Confi
 }
 
 /// Connects, checks the host key, authenticates and warms up one hop (recursively
-/// through its jump hosts). Bounded by the caller's timeout.
+/// through its jump hosts). Bounded by the caller's timeout. Forwarded connections the
+/// server opens go to `listens` (jump hops get none: we ask them for no listens).
 pub(crate) async fn connect(
     target: &SshTarget,
     options: &HandshakeOptions,
+    listens: &Arc<RemoteListens>,
 ) -> Result<Connected, SessionError> {
     let who = format!("{} ({}:{})", target.alias, target.host, target.port);
     let host_key = Arc::new(Mutex::new(None));
     let disconnect_reason = Arc::new(Mutex::new(None));
     let (closed_tx, closed) = oneshot::channel();
+    let alive = LinkAlive::new();
+    let link = alive.watch();
     let config = Arc::new(russh_config(target, options));
 
     let (result, jump) = match &target.jump {
@@ -178,12 +220,14 @@ pub(crate) async fn connect(
                 host_key: host_key.clone(),
                 disconnect_reason: disconnect_reason.clone(),
                 _closed: closed_tx,
+                alive,
+                listens: listens.clone(),
                 _jump: None,
             };
             (client::connect_stream(config, tcp, handler).await, None)
         }
         Some(jump_target) => {
-            let hop = Box::pin(connect(jump_target, options))
+            let hop = Box::pin(connect(jump_target, options, &Arc::default()))
                 .await
                 .map_err(|e| SessionError {
                     kind: e.kind,
@@ -229,6 +273,8 @@ pub(crate) async fn connect(
                 host_key: host_key.clone(),
                 disconnect_reason: disconnect_reason.clone(),
                 _closed: closed_tx,
+                alive,
+                listens: listens.clone(),
                 _jump: Some(hop.clone()),
             };
             (
@@ -260,6 +306,7 @@ pub(crate) async fn connect(
     Ok(Connected {
         handle,
         closed,
+        link,
         disconnect_reason,
         host_key,
     })

@@ -5,8 +5,12 @@
 //!   └─ Session::new(target, SessionOptions)    one connection, kept up in the background (session.rs)
 //!        │    (each attempt: handshake.rs — TCP/jump, host key, auth.rs, warm-up)
 //!        ├─ ForwardTransport::new(session, port)   HTTP over direct-tcpip channels (forward.rs)
-//!        └─ ExecTransport::new(sessions, port)     HTTP through a pipe process per exec channel,
-//!                                                  or curl per request (exec/)
+//!        ├─ ExecTransport::new(sessions, port)     HTTP through a pipe process per exec channel,
+//!        │                                         or curl per request (exec/)
+//!        └─ Tunnel::start(session, TunnelSpec)     long-lived `ssh -L` / `ssh -R` port forwards,
+//!                                                  kept across reconnects (tunnel.rs; the server's
+//!                                                  forwarded connections reach it through the
+//!                                                  handler and remote_listens.rs)
 //! diagnose(&session, port)                      what `meshgate check` prints per node
 //! ```
 //!
@@ -22,10 +26,13 @@ pub mod forward;
 mod handshake;
 pub mod hosts;
 pub mod known_hosts;
+mod link;
+mod remote_listens;
 pub mod session;
 pub mod stats;
 #[cfg(feature = "test-util")]
 pub mod testing;
+pub mod tunnel;
 
 pub use config::{ConfigError, HostKeyPolicy, ResolveOptions, Resolver, SshTarget};
 pub use diagnose::{Diagnosis, diagnose};
@@ -33,3 +40,4 @@ pub use exec::ExecTransport;
 pub use forward::ForwardTransport;
 pub use known_hosts::HostKeyStatus;
 pub use session::{Session, SessionError, SessionOptions, SessionState};
+pub use tunnel::{Direction, Tunnel, TunnelError, TunnelSpec, TunnelState, TunnelStatus};

@@ -9,9 +9,13 @@
 //! the session enters [`SessionState::Failed`] and only tries again after a long pause
 //! or [`Session::reconnect_now`].
 //!
-//! Many channels share the one connection: direct-tcpip channels (forward transport)
-//! without limit, session channels (exec, probes) bounded by a semaphore sized to the
-//! server's `MaxSessions`, so request 11 waits instead of being refused.
+//! Many channels share the one connection: direct-tcpip channels (forward transport,
+//! local tunnels) without limit, session channels (exec, probes) bounded by a semaphore
+//! sized to the server's `MaxSessions`, so request 11 waits instead of being refused.
+//!
+//! Each new connection is published with a fresh generation number and a
+//! [`LinkWatch`]; remote tunnels wait for the next generation ([`Session::next_link`])
+//! to ask the new connection for their listens again.
 
 use std::fmt;
 use std::sync::Arc;
@@ -27,6 +31,8 @@ use super::channel_io::ChannelIo;
 use super::config::SshTarget;
 use super::handshake::{self, Client, HandshakeOptions};
 use super::known_hosts::HostKeyStatus;
+use super::link::LinkWatch;
+use super::remote_listens::RemoteListens;
 use crate::{Kind, Phase, TransportError};
 
 pub use super::handshake::SessionError;
@@ -129,6 +135,8 @@ enum Conn {
     },
     Up {
         handle: Arc<Handle<Client>>,
+        link: LinkWatch,
+        generation: u64,
         since: Instant,
         host_key: HostKeyStatus,
     },
@@ -152,6 +160,17 @@ struct Shared {
     generation: AtomicU64,
     wake: Notify,
     stats: Arc<super::stats::SshStats>,
+    /// Remote tunnels' listens, for the handler of every connection.
+    listens: Arc<RemoteListens>,
+}
+
+/// One live connection: its handle, a watch that resolves when it is gone, and its
+/// generation ([`Session::generation`]).
+#[derive(Clone)]
+pub(crate) struct Link {
+    pub handle: Arc<Handle<Client>>,
+    pub watch: LinkWatch,
+    pub generation: u64,
 }
 
 /// One node's SSH connection. Cheap to share (`Arc`); dropping the last `Arc` stops the
@@ -192,6 +211,7 @@ impl Session {
             generation: AtomicU64::new(0),
             wake: Notify::new(),
             stats,
+            listens: Arc::default(),
         });
         let task = tokio::spawn(run(shared.clone()));
         Arc::new(Session { shared, task })
@@ -253,7 +273,7 @@ impl Session {
         self.handle().await.map(drop)
     }
 
-    fn connect_timeout(&self) -> Duration {
+    pub(crate) fn connect_timeout(&self) -> Duration {
         self.shared
             .target
             .connect_timeout
@@ -296,6 +316,92 @@ impl Session {
         }
     }
 
+    /// Waits for a live connection until `deadline`, through reconnect backoffs that
+    /// end before it (a tunnel's client would rather wait than be reset during the
+    /// moment between a drop and the reconnect); fails at once while failed or when
+    /// the next attempt is after the deadline.
+    pub(crate) async fn link_until(&self, deadline: Instant) -> Result<Link, TransportError> {
+        let mut rx = self.shared.state.subscribe();
+        loop {
+            let conn = rx.borrow_and_update().clone();
+            match conn {
+                Conn::Up {
+                    handle,
+                    link,
+                    generation,
+                    ..
+                } if !handle.is_closed() && !link.is_lost() => {
+                    return Ok(Link {
+                        handle,
+                        watch: link,
+                        generation,
+                    });
+                }
+                Conn::BackingOff { until, error, .. } if until > deadline => {
+                    return Err(error.to_transport());
+                }
+                Conn::Failed { error, .. } => return Err(error.to_transport()),
+                Conn::Up { .. } | Conn::Connecting { .. } | Conn::BackingOff { .. } => {}
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    return Err(TransportError::new(
+                        Phase::Connect,
+                        Kind::Closed,
+                        "ssh session stopped",
+                    ));
+                }
+                Err(_) => {
+                    return Err(TransportError::new(
+                        Phase::Connect,
+                        Kind::Timeout,
+                        format!(
+                            "ssh connection to {} not back within {:?}",
+                            self.shared.target.alias,
+                            self.connect_timeout()
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Waits (without limit) for a live connection newer than generation `after`.
+    pub(crate) async fn next_link(&self, after: u64) -> Link {
+        let mut rx = self.shared.state.subscribe();
+        loop {
+            let live = match &*rx.borrow_and_update() {
+                Conn::Up {
+                    handle,
+                    link,
+                    generation,
+                    ..
+                } if *generation > after && !handle.is_closed() && !link.is_lost() => Some(Link {
+                    handle: handle.clone(),
+                    watch: link.clone(),
+                    generation: *generation,
+                }),
+                _ => None,
+            };
+            if let Some(link) = live {
+                return link;
+            }
+            if rx.changed().await.is_err() {
+                // The session is gone; so is whoever asked (it holds the session).
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    pub(crate) fn remote_listens(&self) -> &Arc<RemoteListens> {
+        &self.shared.listens
+    }
+
+    pub(crate) fn stats(&self) -> &Arc<super::stats::SshStats> {
+        &self.shared.stats
+    }
+
     /// Opens a direct-tcpip channel to `host:port` as seen from the node.
     pub(crate) async fn open_direct_tcpip(
         &self,
@@ -303,6 +409,16 @@ impl Session {
         port: u16,
     ) -> Result<ChannelIo, TransportError> {
         let handle = self.handle().await?;
+        self.open_direct_tcpip_on(&handle, host, port).await
+    }
+
+    /// Opens a direct-tcpip channel on one given connection.
+    pub(crate) async fn open_direct_tcpip_on(
+        &self,
+        handle: &Handle<Client>,
+        host: &str,
+        port: u16,
+    ) -> Result<ChannelIo, TransportError> {
         let open = handle.channel_open_direct_tcpip(host, port.into(), "127.0.0.1", 0);
         match tokio::time::timeout(self.shared.options.channel_open_timeout, open).await {
             Ok(Ok(channel)) => Ok(ChannelIo::new(channel).counted(&self.shared.stats)),
@@ -406,7 +522,9 @@ fn open_error(target: &SshTarget, what: &str, e: russh::Error) -> TransportError
     }
 }
 
-fn backoff(options: &SessionOptions, attempt: u32) -> Duration {
+/// The reconnect delay before attempt `attempt` (0: right after a drop); also paces
+/// remote tunnels' retries of a refused listen.
+pub(crate) fn backoff(options: &SessionOptions, attempt: u32) -> Duration {
     if attempt == 0 {
         // Right after a drop: reconnect almost at once, with a little jitter so many
         // nodes dropped together do not reconnect in lockstep.
@@ -442,7 +560,7 @@ async fn run(shared: Arc<Shared>) {
             ssh.reconnect = reconnect,
         );
         let connecting = tracing::Instrument::instrument(
-            handshake::connect(target, &handshake_options),
+            handshake::connect(target, &handshake_options, &shared.listens),
             span.clone(),
         );
         let result = match tokio::time::timeout(timeout, connecting).await {
@@ -469,9 +587,13 @@ async fn run(shared: Arc<Shared>) {
                 let since = Instant::now();
                 tracing::info!(node = %target.alias, host_key = connected.host_key.as_str(), "ssh connected");
                 let handle = Arc::new(connected.handle);
-                shared.generation.fetch_add(1, Ordering::AcqRel);
+                let generation = shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
+                // Publishing the new generation is what makes remote tunnels ask this
+                // connection for their listens again (Session::next_link).
                 shared.state.send_replace(Conn::Up {
                     handle,
+                    link: connected.link,
+                    generation,
                     since,
                     host_key: connected.host_key,
                 });
