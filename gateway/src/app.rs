@@ -61,6 +61,7 @@ use crate::edge::hops::Hops;
 use crate::edge::request_id::MakeRequestUuid;
 use crate::edge::{auth, rate_limit::RateLimitLayer};
 use crate::errors::render::json_error;
+use crate::forwards::Forwards;
 use crate::fronts;
 use crate::keys::Keys;
 use crate::metrics::Metrics;
@@ -92,7 +93,8 @@ struct Live {
     stack: Stack,
     nodes: Arc<Nodes>,
     metrics: Arc<Metrics>,
-    sessions: SessionPool,
+    sessions: Arc<SessionPool>,
+    forwards: Arc<Forwards>,
     hops: String,
     config_status: Arc<RwLock<ConfigStatus>>,
     routers: RwLock<Routers>,
@@ -139,10 +141,11 @@ impl Gateway {
     }
 
     pub fn build(config: &Config, stack: Stack) -> Result<Self, String> {
-        let sessions = SessionPool::default();
+        let sessions = Arc::new(SessionPool::default());
         let plan = Plan::new(config, &[], &sessions)?;
         let nodes = Arc::new(Nodes::new(plan.nodes));
-        let metrics = Metrics::new(Arc::clone(&nodes));
+        let forwards = Arc::new(Forwards::default());
+        let metrics = Metrics::new(Arc::clone(&nodes), Arc::clone(&forwards));
         let config_status = Arc::new(RwLock::new(ConfigStatus::loaded(plan.warnings)));
         let hops = Hops::pseudonym();
         let keys = Arc::new(Keys::from_config(&config.keys)?);
@@ -156,15 +159,26 @@ impl Gateway {
             global_limit: &global_limit,
             hops: &hops,
             config_status: &config_status,
+            forwards: &forwards,
         };
         let (routers, grpc_health) = parts.routers();
         nodes.discover(config.discovery.interval, config.discovery.timeout);
+        // In the background: a forward that cannot start is reported, never fatal.
+        if !config.forwards.is_empty() {
+            let (forwards, sessions, config) =
+                (Arc::clone(&forwards), Arc::clone(&sessions), config.clone());
+            tokio::spawn(async move {
+                let drain = config.server.drain_timeout;
+                forwards.sync(&config, &sessions, drain).await;
+            });
+        }
         Ok(Self {
             live: Arc::new(Live {
                 stack,
                 nodes,
                 metrics,
                 sessions,
+                forwards,
                 hops,
                 config_status,
                 routers: RwLock::new(routers),
@@ -240,6 +254,7 @@ impl Gateway {
             global_limit: &global_limit,
             hops: &live.hops,
             config_status: &live.config_status,
+            forwards: &live.forwards,
         };
         let (routers, grpc_health) = parts.routers();
         *live.routers.write().unwrap_or_else(|e| e.into_inner()) = routers;
@@ -279,6 +294,9 @@ impl Gateway {
             }
         }
         drop(previous);
+        live.forwards
+            .sync(config, &live.sessions, config.server.drain_timeout)
+            .await;
         live.config_status
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -360,6 +378,11 @@ impl Gateway {
         &self.live.nodes
     }
 
+    /// The forwards running now, with their state and counters.
+    pub fn forwards(&self) -> Vec<crate::forwards::ForwardStatus> {
+        self.live.forwards.status()
+    }
+
     /// The main router as it is now (a reload swaps it; what serves follows the swap).
     pub fn router(&self) -> Router {
         self.routers().main
@@ -431,6 +454,20 @@ impl Gateway {
                 }
             }
         }
+        // The listeners are closed and requests done: close forwards the same way.
+        let forwards = self.live.forwards.status();
+        if !forwards.is_empty() {
+            let open: u64 = forwards.iter().map(|f| f.connections_open).sum();
+            tracing::info!(
+                forwards = forwards.len(),
+                open_connections = open,
+                "closing forwards"
+            );
+            self.live
+                .forwards
+                .close_all(self.config().server.drain_timeout)
+                .await;
+        }
         Ok(())
     }
 }
@@ -480,6 +517,7 @@ struct Parts<'a> {
     global_limit: &'a RateLimitLayer,
     hops: &'a str,
     config_status: &'a Arc<RwLock<ConfigStatus>>,
+    forwards: &'a Arc<Forwards>,
 }
 
 impl Parts<'_> {
@@ -548,6 +586,7 @@ impl Parts<'_> {
             nodes: Arc::clone(nodes),
             metrics: Arc::clone(metrics),
             config: Arc::clone(self.config_status),
+            forwards: Arc::clone(self.forwards),
         });
         let public = config.telemetry.public;
         let mut router = fronts::openai::routes(state).merge(grpc).merge(ollama);

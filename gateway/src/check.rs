@@ -1,14 +1,19 @@
-//! `meshgate check`: probe every configured node once, through its own transport, and
-//! print what an operator needs to fix a broken mesh.
+//! `meshgate check`: probe every configured node once, through its own transport, try
+//! every forward, and print what an operator needs to fix a broken mesh.
 
 use std::fmt::Write as _;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use futures_util::future::join_all;
+use tokio::time::Instant;
 
 use crate::config::Config;
 use meshgate_transports::ssh::{Diagnosis, diagnose};
 
-use crate::nodes::{Nodes, Probe, probe};
+use crate::forwards::{ForwardStatus, Forwards};
+use crate::nodes::{Nodes, Probe, SessionPool, probe};
 
 pub struct NodeReport {
     pub name: String,
@@ -87,6 +92,78 @@ pub fn render(reports: &[NodeReport]) -> String {
     }
     for diagnosis in ssh {
         let _ = writeln!(out, "\n{diagnosis}");
+    }
+    out
+}
+
+/// Config entries that make nothing (a Host pattern that matches no alias).
+pub fn warnings(config: &Config) -> Vec<String> {
+    crate::nodes::plan::expand(config).warnings
+}
+
+pub struct ForwardReport {
+    pub status: ForwardStatus,
+}
+
+/// Start every forward once, wait (up to the connect timeout plus a little) for each
+/// to listen or be refused, and close them again. Run it while `meshgate serve` is not
+/// running with the same config: its local ports are taken then.
+pub async fn forwards(config: &Config) -> Vec<ForwardReport> {
+    if config.forwards.is_empty() {
+        return Vec::new();
+    }
+    let forwards = Arc::new(Forwards::default());
+    let sessions = Arc::new(SessionPool::default());
+    forwards.sync(config, &sessions, Duration::ZERO).await;
+    let deadline = Instant::now() + config.timeouts.connect + Duration::from_secs(2);
+    while Instant::now() < deadline && forwards.status().iter().any(|f| f.state == "waiting") {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reports = forwards
+        .status()
+        .into_iter()
+        .map(|status| ForwardReport { status })
+        .collect();
+    forwards.close_all(Duration::ZERO).await;
+    reports
+}
+
+/// A fixed-width table, one row per forward.
+pub fn render_forwards(reports: &[ForwardReport]) -> String {
+    let mut rows =
+        vec![["FORWARD", "DIRECTION", "LOCAL", "SSH", "REMOTE", "STATUS"].map(String::from)];
+    let mut details = Vec::new();
+    for r in reports {
+        let s = &r.status;
+        let ok = s.state == "listening";
+        rows.push([
+            s.name.clone(),
+            s.direction.into(),
+            s.local.clone(),
+            s.ssh.clone(),
+            s.remote.clone(),
+            if ok {
+                "ok".into()
+            } else {
+                s.state.to_uppercase()
+            },
+        ]);
+        if let Some(reason) = &s.reason {
+            details.push(format!("{}: {reason}", s.name));
+        }
+    }
+    let widths: Vec<usize> = (0..5)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        for (c, width) in widths.iter().enumerate() {
+            let _ = write!(out, "{:<width$}  ", row[c]);
+        }
+        let _ = writeln!(out, "{}", row[5]);
+    }
+    for detail in details {
+        let _ = writeln!(out, "  {detail}");
     }
     out
 }

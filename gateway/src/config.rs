@@ -827,16 +827,64 @@ mod tests {
         let text = include_str!("../meshgate.example.toml");
         let c = Config::parse(text).unwrap();
         assert!(c.nodes.len() >= 2);
-        // The commented-out key example is valid too.
-        let keys: String = text
-            .lines()
-            .skip_while(|l| !l.starts_with("# [[keys]]"))
-            .take_while(|l| l.starts_with('#'))
-            .map(|l| l.strip_prefix("# ").unwrap_or(l).to_owned() + "\n")
-            .collect();
-        let with_keys = Config::parse(&format!("{text}\n{keys}")).unwrap();
+        // The commented-out examples are valid too.
+        let commented = |table: &str| -> String {
+            text.lines()
+                .skip_while(|l| !l.starts_with(&format!("# [[{table}]]")))
+                .take_while(|l| l.starts_with('#'))
+                .map(|l| l.strip_prefix("# ").unwrap_or(l).to_owned() + "\n")
+                .collect()
+        };
+        let with_keys = Config::parse(&format!("{text}\n{}", commented("keys"))).unwrap();
         assert_eq!(with_keys.keys.len(), 1);
         assert_eq!(with_keys.keys[0].requests_per_minute, Some(600));
+        let with_forward = Config::parse(&format!("{text}\n{}", commented("forwards"))).unwrap();
+        assert_eq!(with_forward.forwards[0].name, "aurora-db");
+        assert_eq!(with_forward.forwards[0].direction, ForwardDirection::Local);
+        // The first commented [[nodes]] table is the Host pattern.
+        let with_pattern = Config::parse(&format!("{text}\n{}", commented("nodes"))).unwrap();
+        assert_eq!(
+            with_pattern.nodes.last().unwrap().ssh.as_deref(),
+            Some("gpu-*,!gpu-retired")
+        );
+    }
+
+    #[test]
+    fn forwards_and_patterns_are_checked() {
+        let ok = "[[forwards]]\nname = \"db\"\nssh = \"aurora\"\nlocal = \"127.0.0.1:5432\"\nremote = \"db.internal:5432\"\n";
+        let c = Config::parse(ok).unwrap();
+        assert_eq!(c.forwards[0].direction, ForwardDirection::Local);
+        let remote = "[[forwards]]\nname = \"m\"\nssh = \"hub\"\nlocal = \"localhost:11434\"\nremote = \"*:11435\"\ndirection = \"remote\"\n";
+        Config::parse(remote).unwrap();
+        let cases = [
+            (
+                ok.replace("127.0.0.1:5432", "localhost:5432"),
+                "forwards[0].local",
+            ),
+            (
+                ok.replace("db.internal:5432", "db.internal"),
+                "forwards[0].remote",
+            ),
+            (ok.replace("\"aurora\"", "\"gpu-*\""), "forwards[0].ssh"),
+            (format!("{ok}{ok}"), "forwards[1].name"),
+            (ok.replace("\"db\"", "\"\""), "forwards[0].name"),
+            (
+                remote.replace("\"remote\"\n", "\"sideways\"\n"),
+                "direction",
+            ),
+            (
+                "[[nodes]]\nname = \"a\"\nssh = \"gpu-*\"\ntransport = \"forward\"\n".into(),
+                "nodes[0].name",
+            ),
+            ("[server]\nmax_hops = 0\n".into(), "server.max_hops"),
+        ];
+        for (text, key) in cases {
+            let err = Config::parse(&text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text:?} gave {err:?}, expected {key}");
+        }
+        let pattern =
+            Config::parse("[[nodes]]\nssh = \"gpu-*\"\ntransport = \"forward\"\n").unwrap();
+        assert!(pattern.nodes[0].name.is_empty());
     }
 
     #[test]

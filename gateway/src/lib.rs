@@ -15,6 +15,7 @@ pub mod config;
 pub mod demo;
 pub mod edge;
 pub mod errors;
+pub mod forwards;
 pub mod fronts;
 pub mod keys;
 pub mod limits;

@@ -203,15 +203,29 @@ async fn run(cli: Cli, served: Option<(Config, Source)>) -> anyhow::Result<ExitC
         }
         Command::Check { config } => {
             let config = load_config(config)?;
+            for warning in check::warnings(&config) {
+                println!("warning: {warning}");
+            }
             let reports = check::check(&config).await.map_err(anyhow::Error::msg)?;
             print!("{}", check::render(&reports));
             let usable = reports.iter().filter(|r| r.probe.result.is_ok()).count();
             println!("\n{usable} of {} nodes usable", reports.len());
-            Ok(if usable > 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            let forwards = check::forwards(&config).await;
+            if !forwards.is_empty() {
+                print!("\n{}", check::render_forwards(&forwards));
+                let working = forwards
+                    .iter()
+                    .filter(|f| f.status.state == "listening")
+                    .count();
+                println!("\n{working} of {} forwards working", forwards.len());
+            }
+            Ok(
+                if usable > 0 || (reports.is_empty() && !forwards.is_empty()) {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                },
+            )
         }
         Command::NewKey { name } => {
             let mut random = [0u8; 24];

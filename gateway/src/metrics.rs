@@ -37,6 +37,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::errors::LimitScope;
+use crate::forwards::Forwards;
 use crate::nodes::Nodes;
 
 /// A label value shared with the node or model it names (cloning it does not allocate).
@@ -125,7 +126,7 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
 }
 
 impl Metrics {
-    pub fn new(nodes: Arc<Nodes>) -> Arc<Self> {
+    pub fn new(nodes: Arc<Nodes>, forwards: Arc<Forwards>) -> Arc<Self> {
         let mut registry = Registry::with_prefix("meshgate");
         let http_requests = Family::<HttpLabels, Counter>::default();
         registry.register(
@@ -196,6 +197,7 @@ impl Metrics {
         );
         registry.register_collector(Box::new(NodeCollector(nodes)));
         registry.register_collector(Box::new(SshCollector));
+        registry.register_collector(Box::new(ForwardCollector(forwards)));
         Arc::new(Self {
             registry,
             http_requests,
@@ -377,6 +379,88 @@ impl Collector for SshCollector {
         for (host, stats) in &sessions {
             let l = HostLabels { host: host.clone() };
             ConstGauge::new(stats.channels_open() as i64).encode(m.encode_family(&l)?)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ForwardLabels {
+    forward: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ForwardBytesLabels {
+    forward: String,
+    /// in: toward this machine; out: toward the SSH server's side.
+    direction: &'static str,
+}
+
+/// `[[forwards]]`, read at scrape time.
+struct ForwardCollector(Arc<Forwards>);
+
+impl std::fmt::Debug for ForwardCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ForwardCollector")
+    }
+}
+
+impl Collector for ForwardCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let forwards = self.0.status();
+        let labels = |name: &str| ForwardLabels {
+            forward: name.to_owned(),
+        };
+        {
+            let mut m = encoder.encode_descriptor(
+                "forward_up",
+                "1 while a forward listens (local: accepting with its SSH connection up; remote: the server listens), else 0",
+                None,
+                MetricType::Gauge,
+            )?;
+            for f in &forwards {
+                ConstGauge::new(i64::from(f.state == "listening"))
+                    .encode(m.encode_family(&labels(&f.name))?)?;
+            }
+        }
+        {
+            let mut m = encoder.encode_descriptor(
+                "forward_connections_open",
+                "Connections open through each forward now",
+                None,
+                MetricType::Gauge,
+            )?;
+            for f in &forwards {
+                ConstGauge::new(f.connections_open as i64)
+                    .encode(m.encode_family(&labels(&f.name))?)?;
+            }
+        }
+        {
+            let mut m = encoder.encode_descriptor(
+                "forward_connections",
+                "Connections carried by each forward",
+                None,
+                MetricType::Counter,
+            )?;
+            for f in &forwards {
+                ConstCounter::new(f.connections_total)
+                    .encode(m.encode_family(&labels(&f.name))?)?;
+            }
+        }
+        let mut m = encoder.encode_descriptor(
+            "forward_bytes",
+            "Bytes carried by each forward (in: toward this machine; out: toward the SSH server's side)",
+            None,
+            MetricType::Counter,
+        )?;
+        for f in &forwards {
+            for (direction, bytes) in [("in", f.bytes_in), ("out", f.bytes_out)] {
+                let l = ForwardBytesLabels {
+                    forward: f.name.clone(),
+                    direction,
+                };
+                ConstCounter::new(bytes).encode(m.encode_family(&l)?)?;
+            }
         }
         Ok(())
     }

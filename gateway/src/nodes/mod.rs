@@ -8,7 +8,7 @@ mod body;
 pub mod breaker;
 mod discovery;
 pub mod ewma;
-mod plan;
+pub mod plan;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

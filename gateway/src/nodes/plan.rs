@@ -29,54 +29,11 @@ impl Plan {
         current: &[Arc<Node>],
         sessions: &SessionPool,
     ) -> Result<Self, String> {
-        let mut warnings = Vec::new();
-        let mut ssh_files = Vec::new();
-        let hosts = if config.nodes.iter().any(is_pattern) {
-            let path = ssh_config_path(config);
-            match hosts::read(&path) {
-                Ok(list) => {
-                    ssh_files.clone_from(&list.files);
-                    list
-                }
-                Err(e) => {
-                    warnings.push(format!("ssh config {}: {e}", path.display()));
-                    HostList::default()
-                }
-            }
-        } else {
-            HostList::default()
-        };
-        let mut wanted: Vec<(NodeConfig, bool)> = Vec::new();
-        let explicit: Vec<&str> = config
-            .nodes
-            .iter()
-            .filter(|n| !is_pattern(n))
-            .map(|n| n.name.as_str())
-            .collect();
-        for (i, node) in config.nodes.iter().enumerate() {
-            if !is_pattern(node) {
-                wanted.push((node.clone(), false));
-                continue;
-            }
-            let pattern = node.ssh.as_deref().unwrap_or_default();
-            let before = wanted.len();
-            for alias in hosts.matching(pattern) {
-                // A node named explicitly, or matched by an earlier pattern, wins.
-                if explicit.contains(&alias) || wanted.iter().any(|(n, _)| n.name == alias) {
-                    continue;
-                }
-                let mut expanded = node.clone();
-                expanded.name = alias.to_owned();
-                expanded.ssh = Some(alias.to_owned());
-                wanted.push((expanded, true));
-            }
-            if wanted.len() == before {
-                warnings.push(format!(
-                    "nodes[{i}]: ssh pattern `{pattern}` matches no Host entry in {}",
-                    ssh_config_path(config).display()
-                ));
-            }
-        }
+        let Expanded {
+            nodes: wanted,
+            mut warnings,
+            ssh_files,
+        } = expand(config);
         let mut nodes = Vec::with_capacity(wanted.len());
         for (node, from_pattern) in wanted {
             let spec = match NodeSpec::resolve(&node, config) {
@@ -101,6 +58,72 @@ impl Plan {
             warnings,
             ssh_files,
         })
+    }
+}
+
+/// The node entries of a config with Host patterns replaced by one entry per matching
+/// alias (`from_pattern` true), and what could not be matched.
+pub struct Expanded {
+    pub nodes: Vec<(NodeConfig, bool)>,
+    pub warnings: Vec<String>,
+    pub ssh_files: Vec<PathBuf>,
+}
+
+/// Expand `config`'s Host patterns against its ssh config. Resolves nothing, connects
+/// nothing.
+pub fn expand(config: &Config) -> Expanded {
+    let mut warnings = Vec::new();
+    let mut ssh_files = Vec::new();
+    let hosts = if config.nodes.iter().any(is_pattern) {
+        let path = ssh_config_path(config);
+        match hosts::read(&path) {
+            Ok(list) => {
+                ssh_files.clone_from(&list.files);
+                list
+            }
+            Err(e) => {
+                warnings.push(format!("ssh config {}: {e}", path.display()));
+                HostList::default()
+            }
+        }
+    } else {
+        HostList::default()
+    };
+    let mut wanted: Vec<(NodeConfig, bool)> = Vec::new();
+    let explicit: Vec<&str> = config
+        .nodes
+        .iter()
+        .filter(|n| !is_pattern(n))
+        .map(|n| n.name.as_str())
+        .collect();
+    for (i, node) in config.nodes.iter().enumerate() {
+        if !is_pattern(node) {
+            wanted.push((node.clone(), false));
+            continue;
+        }
+        let pattern = node.ssh.as_deref().unwrap_or_default();
+        let before = wanted.len();
+        for alias in hosts.matching(pattern) {
+            // A node named explicitly, or matched by an earlier pattern, wins.
+            if explicit.contains(&alias) || wanted.iter().any(|(n, _)| n.name == alias) {
+                continue;
+            }
+            let mut expanded = node.clone();
+            expanded.name = alias.to_owned();
+            expanded.ssh = Some(alias.to_owned());
+            wanted.push((expanded, true));
+        }
+        if wanted.len() == before {
+            warnings.push(format!(
+                "nodes[{i}]: ssh pattern `{pattern}` matches no Host entry in {}",
+                ssh_config_path(config).display()
+            ));
+        }
+    }
+    Expanded {
+        nodes: wanted,
+        warnings,
+        ssh_files,
     }
 }
 

@@ -19,6 +19,7 @@ use http::header;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::forwards::{ForwardStatus, Forwards};
 use crate::metrics::Metrics;
 use crate::nodes::{Health, Nodes, RecentError, Sample};
 
@@ -27,6 +28,7 @@ pub struct StatusState {
     pub nodes: Arc<Nodes>,
     pub metrics: Arc<Metrics>,
     pub config: Arc<RwLock<ConfigStatus>>,
+    pub forwards: Arc<Forwards>,
 }
 
 /// How the config was last loaded: when, how many reloads, the last rejected one and
@@ -114,6 +116,7 @@ pub struct Status {
     /// For each model: the node that would serve it now, and its tier.
     pub models: Vec<ModelRoute>,
     pub config: ConfigStatus,
+    pub forwards: Vec<ForwardStatus>,
     /// Seconds between two points of each node's `history`.
     pub history_every_s: u64,
 }
@@ -161,7 +164,7 @@ pub struct ModelStatus {
     pub loaded: Option<bool>,
 }
 
-pub fn status(all: &Nodes, config: ConfigStatus) -> Status {
+pub fn status(all: &Nodes, config: ConfigStatus, forwards: Vec<ForwardStatus>) -> Status {
     let now = Instant::now();
     let nodes = all
         .list()
@@ -206,6 +209,7 @@ pub fn status(all: &Nodes, config: ConfigStatus) -> Status {
         nodes,
         models: model_routes(all, now),
         config,
+        forwards,
         history_every_s: crate::nodes::HISTORY_EVERY.as_secs(),
     }
 }
@@ -240,7 +244,8 @@ async fn status_json(State(state): State<StatusState>) -> Response {
         .read()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    let mut response = axum::Json(status(&state.nodes, config)).into_response();
+    let forwards = state.forwards.status();
+    let mut response = axum::Json(status(&state.nodes, config, forwards)).into_response();
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, "no-store".parse().expect("valid"));
