@@ -850,6 +850,18 @@ mod tests {
     }
 
     #[test]
+    fn the_example_mesh_configs_parse() {
+        for (name, text) in [
+            ("hub", include_str!("../../examples/mesh/hub.toml")),
+            ("desktop", include_str!("../../examples/mesh/desktop.toml")),
+            ("laptop", include_str!("../../examples/mesh/laptop.toml")),
+        ] {
+            let c = Config::parse(text).unwrap_or_else(|e| panic!("{name}.toml: {e}"));
+            assert!(!c.nodes.is_empty(), "{name}");
+        }
+    }
+
+    #[test]
     fn forwards_and_patterns_are_checked() {
         let ok = "[[forwards]]\nname = \"db\"\nssh = \"aurora\"\nlocal = \"127.0.0.1:5432\"\nremote = \"db.internal:5432\"\n";
         let c = Config::parse(ok).unwrap();
