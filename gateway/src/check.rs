@@ -79,18 +79,8 @@ pub fn render(reports: &[NodeReport]) -> String {
             detail,
         ]);
     }
-    let ssh: Vec<&Diagnosis> = reports.iter().filter_map(|r| r.ssh.as_ref()).collect();
-    let widths: Vec<usize> = (0..6)
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        for (c, width) in widths.iter().enumerate() {
-            let _ = write!(out, "{:<width$}  ", row[c]);
-        }
-        let _ = writeln!(out, "{}", row[6]);
-    }
-    for diagnosis in ssh {
+    let mut out = table(&rows);
+    for diagnosis in reports.iter().filter_map(|r| r.ssh.as_ref()) {
         let _ = writeln!(out, "\n{diagnosis}");
     }
     out
@@ -152,18 +142,24 @@ pub fn render_forwards(reports: &[ForwardReport]) -> String {
             details.push(format!("{}: {reason}", s.name));
         }
     }
-    let widths: Vec<usize> = (0..5)
+    let mut out = table(&rows);
+    for detail in details {
+        let _ = writeln!(out, "  {detail}");
+    }
+    out
+}
+
+/// Columns padded to their widest cell; the last one is left ragged.
+fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let widths: Vec<usize> = (0..N - 1)
         .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
     for row in rows {
-        for (c, width) in widths.iter().enumerate() {
-            let _ = write!(out, "{:<width$}  ", row[c]);
+        for (cell, width) in row.iter().zip(&widths) {
+            let _ = write!(out, "{cell:<width$}  ");
         }
-        let _ = writeln!(out, "{}", row[5]);
-    }
-    for detail in details {
-        let _ = writeln!(out, "  {detail}");
+        let _ = writeln!(out, "{}", row[N - 1]);
     }
     out
 }

@@ -172,6 +172,20 @@ fn service(
     })
 }
 
+/// Print what a service action did (stdout) or why it failed (stderr).
+fn said(outcome: Result<String, String>) -> ExitCode {
+    match outcome {
+        Ok(done) => {
+            println!("{done}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
     Ok(source(path, None).load()?)
 }
@@ -263,29 +277,11 @@ async fn run(cli: Cli, served: Option<(Config, Source)>) -> anyhow::Result<ExitC
                     print!("{}", service.render());
                     return Ok(ExitCode::SUCCESS);
                 }
-                match service.install() {
-                    Ok(done) => {
-                        println!("{done}");
-                        Ok(ExitCode::SUCCESS)
-                    }
-                    Err(e) => {
-                        eprintln!("{e}");
-                        Ok(ExitCode::FAILURE)
-                    }
-                }
+                Ok(said(service.install()))
             }
             ServiceAction::Uninstall { scope, manager } => {
                 let service = service(&scope, manager, PathBuf::new())?;
-                match service.uninstall() {
-                    Ok(done) => {
-                        println!("{done}");
-                        Ok(ExitCode::SUCCESS)
-                    }
-                    Err(e) => {
-                        eprintln!("{e}");
-                        Ok(ExitCode::FAILURE)
-                    }
-                }
+                Ok(said(service.uninstall()))
             }
         },
         #[cfg(feature = "demo")]

@@ -32,18 +32,10 @@ impl Drop for TempConfig {
     }
 }
 
-fn dead_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_prints_each_node_and_fails_only_when_none_is_usable() {
     let a = sim("alive", &["llama3.2", "qwen2.5"]).await;
-    let dead = dead_port();
+    let dead = free_port();
     let config = TempConfig::new(&format!(
         "[[nodes]]\nname = \"alive\"\nurl = \"{}\"\n[[nodes]]\nname = \"gone\"\nurl = \"http://127.0.0.1:{dead}\"\n",
         a.url()
@@ -200,7 +192,7 @@ async fn terminate(child: &mut std::process::Child) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_key_can_come_from_the_environment() {
     let node = sim("a", &["llama3.2"]).await;
-    let port = dead_port();
+    let port = free_port();
     let config = TempConfig::new(&format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\n[[keys]]\nname = \"env\"\nkey_env = \"MESHGATE_TEST_KEY\"\n\
          [[nodes]]\nname = \"a\"\nurl = \"{}\"\n",
@@ -247,7 +239,7 @@ async fn wait_ready(base: &str) {
 /// Serve with `args` until ready, stop with SIGTERM, and return what it logged.
 async fn logs_of_a_serve_run(args: &[&str]) -> String {
     let node = sim("a", &["llama3.2"]).await;
-    let port = dead_port();
+    let port = free_port();
     let config = TempConfig::new(&format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\n[[nodes]]\nname = \"a\"\nurl = \"{}\"\n",
         node.url()
@@ -323,7 +315,7 @@ async fn sigterm_lets_twenty_open_streams_finish_then_exits_zero() {
     })
     .await
     .unwrap();
-    let port = dead_port();
+    let port = free_port();
     let config = TempConfig::new(&format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\ndrain_timeout = \"20s\"\n\
          [[nodes]]\nname = \"a\"\nurl = \"{}\"\n",
@@ -371,7 +363,7 @@ async fn sigterm_lets_twenty_open_streams_finish_then_exits_zero() {
 async fn invalid_toml_is_rejected_while_running_and_a_sighup_storm_is_harmless() {
     let a = sim("a", &["llama3.2"]).await;
     let b = sim("b", &["qwen2.5"]).await;
-    let port = dead_port();
+    let port = free_port();
     let text = |nodes: &str| {
         format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\n[discovery]\ninterval = \"200ms\"\n{nodes}"

@@ -11,14 +11,6 @@ use meshgate::config::{Config, ForwardConfig, ForwardDirection, TransportKind};
 use meshgate_transports::ssh::testing::{SshdOptions, TestSshd};
 use serde_json::Value;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A gateway whose one node `box` is `sim` reached by forward transport through `sshd`.
 fn ssh_node_config(sshd: &TestSshd, sim: &Sim) -> Config {
     std::fs::write(&sshd.ssh_config, sshd.host_block("box")).unwrap();

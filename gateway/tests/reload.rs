@@ -229,6 +229,38 @@ async fn host_entries_become_nodes_and_leave_without_a_restart() {
     }
     assert!(served.contains("gpu-2"), "gpu-2 never served: {served:?}");
 
+    // A Host entry that reaches nothing: its node is offline with the reason; the rest
+    // keeps serving.
+    let dead = format!(
+        "Host gpu-dead\n  HostName 127.0.0.1\n  Port {}\n",
+        free_port()
+    );
+    let text: String = ["gpu-1", "cpu-1", "gpu-2"]
+        .iter()
+        .map(|n| sshd.host_block(n))
+        .collect();
+    std::fs::write(&sshd.ssh_config, text + &dead).unwrap();
+    wait_until(|| names() == ["gpu-1", "gpu-2", "gpu-dead"]).await;
+    let dead_node = || {
+        gw.nodes
+            .list()
+            .iter()
+            .find(|n| &*n.name == "gpu-dead")
+            .cloned()
+            .unwrap()
+    };
+    wait_until(|| dead_node().state().last_probe.is_some()).await;
+    let health = format!("{:?}", dead_node().health());
+    assert!(
+        health.contains("Offline") && health.contains("refused"),
+        "{health}"
+    );
+    for _ in 0..10 {
+        let reply = post(&url, chat_body("llama3.2", false)).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_ne!(served_by(&reply), "gpu-dead");
+    }
+
     // A Host entry deleted: its node stops taking requests, what it runs finishes.
     let mut open = Vec::new();
     for _ in 0..4 {

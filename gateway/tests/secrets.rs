@@ -17,14 +17,6 @@ const KEY: &str = "mg-logs-secret-key-5f3a9c";
 const WRONG_KEY: &str = "mg-logs-wrong-key-77d1e0";
 const PROMPT: &str = "my bank password is hunter2";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn chat(url: &str, key: &str, stream: bool) -> StatusCode {
     let body = serde_json::json!({"model": "llama3.2", "stream": stream,
         "messages": [{"role": "user", "content": PROMPT}]});

@@ -144,6 +144,15 @@ pub async fn gateway_for(sims: &[(&str, &Sim)]) -> TestGateway {
     gateway(config_for(&nodes)).await
 }
 
+/// A loopback port nothing listens on (now).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Poll (every 10 ms, for at most 10 s) until `cond` holds.
 pub async fn wait_until(mut cond: impl FnMut() -> bool) {
     for _ in 0..1000 {
