@@ -174,7 +174,7 @@ async fn a_taken_port_and_a_refused_remote_listen_are_reported_while_the_rest_se
             ForwardDirection::Local,
         ),
     ];
-    let gw = gateway(config).await;
+    let gw = gateway(config.clone()).await;
     let taken_status = wait_state(&gw, "taken", "failed").await;
     let reason = taken_status["reason"].as_str().unwrap();
     assert!(
@@ -197,5 +197,25 @@ async fn a_taken_port_and_a_refused_remote_listen_are_reported_while_the_rest_se
     )
     .await;
     assert_eq!(reply.status, StatusCode::OK);
+
+    // `meshgate check` says the same, per forward (with the gateway stopped, so the
+    // working forward's port is free for it).
+    drop(gw);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let reports = meshgate::check::forwards(&config).await;
+    let text = meshgate::check::render_forwards(&reports);
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+            .to_owned()
+    };
+    assert!(line("taken").ends_with("FAILED"), "{text}");
+    assert!(line("offer").ends_with("REFUSED"), "{text}");
+    assert!(line("fine").ends_with("ok"), "{text}");
+    assert!(
+        text.contains("taken: ") && text.contains("offer: "),
+        "reasons: {text}"
+    );
     drop(taken);
 }
