@@ -25,6 +25,7 @@ use meshgate::config::{Config, NodeConfig};
 use meshgate::errors::GatewayError;
 use meshgate::fronts::openai::relay::SseRelay;
 use meshgate::nodes::{Found, Nodes, Probe};
+use meshgate::request::{GatewayRequest, Inbound, Operation};
 use meshgate::routing::{Attempt, Balance};
 use meshgate::telemetry::meter::Meter;
 use meshgate_proto::openai::ChatCompletionRequest;
@@ -64,11 +65,19 @@ fn lease(c: &mut Criterion) {
     for n in [3, 300] {
         let nodes = reachable_nodes(n);
         let balance = Balance::new(Attempt, nodes, &Config::default().routing);
+        let request = GatewayRequest::new(
+            Operation::ChatCompletions,
+            "llama3.2".into(),
+            false,
+            Bytes::new(),
+            Inbound::default(),
+        )
+        .expect("valid");
         group.bench_with_input(BenchmarkId::from_parameter(n), &balance, |b, balance| {
             b.iter(|| {
                 // A free node leases without awaiting anything.
                 let lease = balance
-                    .lease(black_box("llama3.2"), &[])
+                    .lease(black_box(&request))
                     .now_or_never()
                     .expect("ready")
                     .expect("a node");

@@ -65,6 +65,7 @@ use crate::forwards::Forwards;
 use crate::fronts;
 use crate::keys::Keys;
 use crate::metrics::Metrics;
+use crate::nodes::groups::Groups;
 use crate::nodes::{Nodes, Plan, SessionPool};
 use crate::routing::{Attempt, AuthorizeModel, Balance, Failover, ObserveLayer};
 pub use crate::state::{AppState, Limits, RoutingService};
@@ -144,6 +145,7 @@ impl Gateway {
         let sessions = Arc::new(SessionPool::default());
         let plan = Plan::new(config, &[], &sessions)?;
         let nodes = Arc::new(Nodes::new(plan.nodes));
+        nodes.set_groups(Groups::from_config(&config.models));
         let forwards = Arc::new(Forwards::default());
         let metrics = Metrics::new(Arc::clone(&nodes), Arc::clone(&forwards));
         let config_status = Arc::new(RwLock::new(ConfigStatus::loaded(plan.warnings)));
@@ -242,6 +244,7 @@ impl Gateway {
             .cloned()
             .collect();
         crate::nodes::probe_all(&fresh, config.discovery.timeout).await;
+        live.nodes.set_groups(Groups::from_config(&config.models));
         live.nodes.replace(plan.nodes);
         live.nodes
             .discover(config.discovery.interval, config.discovery.timeout);
@@ -536,7 +539,8 @@ impl Parts<'_> {
         };
         let full = stack == Stack::Full;
         let failover = Failover::new(&config.retry).with_nodes(Arc::clone(nodes));
-        let node_call = Balance::new(Attempt, Arc::clone(nodes), &config.routing);
+        let node_call = Balance::new(Attempt, Arc::clone(nodes), &config.routing)
+            .waiting_out(config.retry.max_retry_after);
         let routing = match stack {
             Stack::Full => RoutingService::new(
                 ServiceBuilder::new()

@@ -25,6 +25,7 @@ pub struct Config {
     pub limits: GlobalLimits,
     pub nodes: Vec<NodeConfig>,
     pub keys: Vec<KeyConfig>,
+    pub models: Vec<ModelGroupConfig>,
     pub forwards: Vec<ForwardConfig>,
     pub grpc: GrpcConfig,
     pub ollama: OllamaConfig,
@@ -44,6 +45,7 @@ impl Default for Config {
             limits: GlobalLimits::default(),
             nodes: vec![NodeConfig::local("local", "http://127.0.0.1:11434")],
             keys: Vec::new(),
+            models: Vec::new(),
             forwards: Vec::new(),
             grpc: GrpcConfig::default(),
             ollama: OllamaConfig::default(),
@@ -263,7 +265,7 @@ impl Default for RoutingConfig {
 }
 
 /// Failover to another node.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
     /// Attempts per request, the first included.
@@ -272,6 +274,11 @@ pub struct RetryConfig {
     pub budget_ratio: f32,
     /// ... plus this many retries per second regardless.
     pub budget_min_per_second: u32,
+    /// A node's 429 (or 503) with Retry-After when no other node can take the request:
+    /// a pause up to this long is waited out and the node asked again; a longer one goes
+    /// back to the client as 429/503 with `retry-after`.
+    #[serde(with = "humantime_serde")]
+    pub max_retry_after: Duration,
 }
 
 impl Default for RetryConfig {
@@ -280,6 +287,7 @@ impl Default for RetryConfig {
             max_attempts: 3,
             budget_ratio: 0.2,
             budget_min_per_second: 10,
+            max_retry_after: Duration::from_secs(2),
         }
     }
 }
@@ -395,6 +403,28 @@ pub struct NodeConfig {
     /// SSH nodes: the node sshd's MaxSessions (OpenSSH's default is 10).
     #[serde(default = "default_max_sessions")]
     pub max_sessions: u32,
+    /// Clean names for what the node reports (`"smollm2" = "/models/SmolLM2.gguf"`,
+    /// `"llama3.2" = "llama3.2:latest"`): clients ask for the key, the node is sent the
+    /// value.
+    #[serde(default)]
+    pub aliases: std::collections::BTreeMap<String, String>,
+}
+
+/// A name clients ask for, and the models that may answer it (`[[models]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelGroupConfig {
+    /// What clients ask for; listed in /v1/models.
+    pub name: String,
+    /// Any of these may answer, balanced as one pool.
+    #[serde(rename = "use")]
+    pub uses: Vec<String>,
+    /// In order, when no node of `use` can answer (down, saturated, breaker open, or it
+    /// failed before the first token). An entry may name another group.
+    #[serde(default)]
+    pub fallback: Vec<String>,
+    /// Where a request goes when a node says the prompt exceeds its context length.
+    pub context_fallback: Option<String>,
 }
 
 /// A long-lived port forward over the SSH connection to `ssh` (`[[forwards]]`), like a
@@ -465,6 +495,7 @@ impl NodeConfig {
             ssh_options: SshOverrides::default(),
             connections: default_connections(),
             max_sessions: default_max_sessions(),
+            aliases: Default::default(),
         }
     }
 }
@@ -680,6 +711,48 @@ impl Config {
             }
         }
         self.validate_forwards()?;
+        self.validate_models()?;
+        Ok(())
+    }
+
+    fn validate_models(&self) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid { key, message };
+        let mut names = HashSet::new();
+        for (i, g) in self.models.iter().enumerate() {
+            let key = |field: &str| format!("models[{i}].{field}");
+            if g.name.trim().is_empty() || !names.insert(g.name.as_str()) {
+                return Err(invalid(key("name"), "must be unique and not empty".into()));
+            }
+            if g.uses.is_empty() || g.uses.iter().any(|m| m.trim().is_empty()) {
+                return Err(invalid(
+                    key("use"),
+                    format!("group `{}`: list the models that may answer it", g.name),
+                ));
+            }
+            if g.fallback.contains(&g.name) {
+                return Err(invalid(
+                    key("fallback"),
+                    format!("group `{}` names itself as its fallback", g.name),
+                ));
+            }
+            if g.context_fallback.as_deref() == Some(g.name.as_str()) {
+                return Err(invalid(
+                    key("context_fallback"),
+                    format!("group `{}` names itself as its context_fallback", g.name),
+                ));
+            }
+        }
+        // Fallbacks may name other groups: a chain that comes back is a loop.
+        let group = |name: &str| self.models.iter().position(|g| g.name == name);
+        for (i, g) in self.models.iter().enumerate() {
+            let mut path = vec![g.name.as_str()];
+            if let Some(cycle) = fallback_cycle(&self.models, i, &mut path, &group) {
+                return Err(invalid(
+                    format!("models[{i}].fallback"),
+                    format!("the fallback chain loops: {cycle}"),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -772,6 +845,28 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A fallback chain from group `at` that returns to a group already on `path`, as text.
+fn fallback_cycle<'a>(
+    groups: &'a [ModelGroupConfig],
+    at: usize,
+    path: &mut Vec<&'a str>,
+    group: &dyn Fn(&str) -> Option<usize>,
+) -> Option<String> {
+    for next in &groups[at].fallback {
+        if path.contains(&next.as_str()) {
+            return Some(format!("{} → {next}", path.join(" → ")));
+        }
+        if let Some(j) = group(next) {
+            path.push(&groups[j].name);
+            if let Some(cycle) = fallback_cycle(groups, j, path, group) {
+                return Some(cycle);
+            }
+            path.pop();
+        }
+    }
+    None
 }
 
 /// `host:port`, `[v6]:port` or `*:port`: the host and the port, if it is one.
@@ -889,6 +984,21 @@ mod tests {
                 "nodes[0].name",
             ),
             ("[server]\nmax_hops = 0\n".into(), "server.max_hops"),
+            ("[[models]]\nname = \"chat\"\nuse = []\n".into(), "models[0].use"),
+            (
+                "[[models]]\nname = \"chat\"\nuse = [\"a\"]\nfallback = [\"chat\"]\n".into(),
+                "models[0].fallback",
+            ),
+            (
+                "[[models]]\nname = \"chat\"\nuse = [\"a\"]\ncontext_fallback = \"chat\"\n".into(),
+                "models[0].context_fallback",
+            ),
+            (
+                "[[models]]\nname = \"a\"\nuse = [\"x\"]\nfallback = [\"b\"]\n\
+                 [[models]]\nname = \"b\"\nuse = [\"y\"]\nfallback = [\"a\"]\n"
+                    .into(),
+                "models[0].fallback",
+            ),
         ];
         for (text, key) in cases {
             let err = Config::parse(&text).unwrap_err().to_string();

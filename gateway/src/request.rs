@@ -68,6 +68,12 @@ pub struct GatewayRequest {
     /// Nodes already tried for this request, most recent last (failover writes it;
     /// balance avoids them; the attempt numbers its span from it).
     pub tried: Vec<Arc<str>>,
+    /// Nodes never to try again for this request: they let it time out (failover
+    /// writes it; balance skips them).
+    pub avoid: Vec<Arc<str>>,
+    /// A node said the prompt exceeds its context: the group's `context_fallback`
+    /// answers (failover sets it; balance reads it).
+    pub context_fallback: bool,
     /// The request's record (opened by the observe layer; attempts add to it).
     pub meter: Meter,
 }
@@ -100,6 +106,8 @@ impl GatewayRequest {
             caller,
             arrived: arrived.unwrap_or_else(Instant::now),
             tried: Vec::new(),
+            avoid: Vec::new(),
+            context_fallback: false,
             meter: Meter::default(),
         })
     }
@@ -108,6 +116,11 @@ impl GatewayRequest {
 /// A node's response, with the node that produced it and the API it was asked in.
 pub struct Routed {
     pub node: Arc<str>,
+    /// The model as the node was asked for it (a group's member, an alias's target).
+    pub model: Arc<str>,
+    /// The node answered 400 saying the prompt exceeds its context (its body is
+    /// buffered in `response`): a group's `context_fallback` may take the request.
+    pub context_overflow: bool,
     pub dialect: Dialect,
     pub response: Response,
     /// Where the front books the answer (tokens, when it was ready, a late failure);

@@ -45,7 +45,7 @@ pub(crate) async fn set_faults(State(node): State<Arc<Node>>, body: Bytes) -> Re
     if let Err(e) = faults.validate() {
         return bad_request(e);
     }
-    node.set_faults(faults);
+    node.set_faults(faults.clone());
     Json(faults).into_response()
 }
 

@@ -11,7 +11,7 @@ use crate::content::mix64;
 ///
 /// Order of precedence for one request: `stall`, then `status`, then `error_rate`;
 /// `drop_after` only shapes successful responses.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Faults {
     /// Answer every API request with this status (400..=599) and an error body.
@@ -24,6 +24,13 @@ pub struct Faults {
     pub drop_after: Option<u32>,
     /// Accept and count requests, then never answer.
     pub stall: bool,
+    /// `Retry-After` (seconds) on a 429 (default 1) and on a 503 (default: none).
+    pub retry_after_s: Option<u32>,
+    /// Answer requests for these models with 500; the node's other models keep working.
+    pub fail_models: Vec<String>,
+    /// The node's context window in prompt tokens: a chat whose prompt is longer gets
+    /// 400 with llama.cpp's "exceeds the available context size" error.
+    pub context_tokens: Option<u32>,
 }
 
 impl Faults {

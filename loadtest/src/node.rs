@@ -41,7 +41,7 @@ pub(crate) struct Node {
 }
 
 /// Runtime-settable behaviour, read once per request under one lock.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Knobs {
     faults: Faults,
     latency: Latency,
@@ -76,7 +76,7 @@ impl Node {
     }
 
     pub(crate) fn faults(&self) -> Faults {
-        self.knobs().faults
+        self.knobs().faults.clone()
     }
 
     pub(crate) fn set_faults(&self, faults: Faults) {
@@ -127,7 +127,11 @@ impl Node {
     async fn admit(&self, route: Route, model: Option<&str>) -> Result<Call, Response> {
         let in_flight = self.counters.begin(route, model);
         let seq = self.seq.fetch_add(1, Relaxed);
-        let Knobs { faults, latency } = *self.knobs();
+        let (faults, latency) = {
+            let knobs = self.knobs();
+            // Cheap to copy but for the model list, which is usually empty.
+            (knobs.faults.clone(), knobs.latency)
+        };
         let call = Call {
             in_flight,
             route,
@@ -135,6 +139,8 @@ impl Node {
                 latency,
                 id: mix64(self.id_salt ^ seq),
                 drop_after: faults.drop_after,
+                retry_after: faults.retry_after_s,
+                context_tokens: faults.context_tokens,
             },
         };
         if faults.stall {
@@ -145,6 +151,9 @@ impl Node {
         if let Some(status) = faults.status {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             return Err(call.finish(Err(ApiError::Fault(status))));
+        }
+        if model.is_some_and(|m| faults.fail_models.iter().any(|f| f == m)) {
+            return Err(call.finish(Err(ApiError::Fault(StatusCode::INTERNAL_SERVER_ERROR))));
         }
         if faults.hits(self.seed, seq) {
             return Err(call.finish(Err(ApiError::Fault(StatusCode::INTERNAL_SERVER_ERROR))));
@@ -204,6 +213,9 @@ pub(crate) struct Ctx {
     /// Unique per request and node, for response ids.
     pub id: u64,
     drop_after: Option<u32>,
+    retry_after: Option<u32>,
+    /// The context window in prompt tokens, if the node has one.
+    pub context_tokens: Option<u32>,
 }
 
 impl Ctx {
@@ -270,6 +282,8 @@ pub(crate) enum ApiError {
     },
     ModelNotFound(String),
     Fault(StatusCode),
+    /// The prompt does not fit the context window (llama.cpp's wording and shape).
+    ContextExceeded { prompt: u32, context: u32 },
 }
 
 impl ApiError {
@@ -285,6 +299,7 @@ impl ApiError {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::ModelNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Fault(status) => *status,
+            ApiError::ContextExceeded { .. } => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -315,6 +330,11 @@ impl ApiError {
                     code,
                 )
             }
+            ApiError::ContextExceeded { .. } => ErrorEnvelope::new(
+                self.ollama_message(),
+                "exceed_context_size_error",
+                None,
+            ),
         }
     }
 
@@ -327,6 +347,10 @@ impl ApiError {
             ApiError::Fault(status) => {
                 format!("meshgate-sim: injected fault (HTTP {})", status.as_u16())
             }
+            ApiError::ContextExceeded { prompt, context } => format!(
+                "the request exceeds the available context size, try increasing it \
+                 (n_prompt_tokens = {prompt}, n_ctx = {context})"
+            ),
         }
     }
 }
@@ -379,10 +403,15 @@ impl Call {
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-        if status == StatusCode::TOO_MANY_REQUESTS {
+        let retry_after = match status {
+            StatusCode::TOO_MANY_REQUESTS => Some(self.ctx.retry_after.unwrap_or(1)),
+            StatusCode::SERVICE_UNAVAILABLE => self.ctx.retry_after,
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }
@@ -414,6 +443,8 @@ mod tests {
             },
             id: 0,
             drop_after: None,
+            retry_after: None,
+            context_tokens: None,
         };
         // role frame, 3 tokens, finish, done
         let pace: Vec<_> = (0..6).map(|f| ctx.pace(f, 1, 3).as_millis()).collect();

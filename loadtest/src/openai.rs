@@ -136,6 +136,14 @@ async fn chat(node: &Node, req: ChatCompletionRequest, ctx: Ctx) -> Result<Reply
             None => {}
         }
     }
+    if let Some(context) = ctx.context_tokens {
+        if prompt.tokens() > context {
+            return Err(ApiError::ContextExceeded {
+                prompt: prompt.tokens(),
+                context,
+            });
+        }
+    }
     let (n, finish) = reply_len(node.tokens, limit);
     let usage = Usage::new(prompt.tokens(), n);
     let id = format!("chatcmpl-{:016x}", ctx.id);

@@ -1,7 +1,8 @@
 //! Request counters a test reads to see how many requests reached a node, on which
 //! route and for which model, and how many were in flight at once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use tokio::time::Instant;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -22,7 +23,13 @@ pub struct Stats {
     pub by_route: BTreeMap<String, u64>,
     /// Requests per model, for requests whose body parsed and named one.
     pub by_model: BTreeMap<String, u64>,
+    /// When the latest inference requests (chat, completions, embeddings, on either API)
+    /// arrived, in milliseconds since the node started, oldest first; the last 1024.
+    pub arrivals_ms: Vec<u64>,
 }
+
+/// Arrivals kept for [`Stats::arrivals_ms`].
+const ARRIVALS: usize = 1024;
 
 /// The counted API routes. An enum so per-route counting is an array index, not a
 /// map lookup, on the hot path.
@@ -76,6 +83,19 @@ impl Route {
         }
     }
 
+    /// The routes that run a model (not listings or probes).
+    pub(crate) fn is_inference(self) -> bool {
+        matches!(
+            self,
+            Route::ChatCompletions
+                | Route::Completions
+                | Route::Embeddings
+                | Route::OllamaChat
+                | Route::OllamaGenerate
+                | Route::OllamaEmbed
+        )
+    }
+
     /// Ollama's routes answer errors as `{"error": "..."}`, OpenAI's with the envelope.
     pub(crate) fn is_ollama(self) -> bool {
         self.path().starts_with("/api/")
@@ -83,13 +103,28 @@ impl Route {
 }
 
 /// The live counters behind [`Stats`].
-#[derive(Default)]
 pub(crate) struct Counters {
     total: AtomicU64,
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
     by_route: [AtomicU64; Route::ALL.len()],
     by_model: Mutex<BTreeMap<String, u64>>,
+    started: Instant,
+    arrivals: Mutex<VecDeque<u64>>,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self {
+            total: AtomicU64::default(),
+            in_flight: AtomicU64::default(),
+            max_in_flight: AtomicU64::default(),
+            by_route: Default::default(),
+            by_model: Mutex::default(),
+            started: Instant::now(),
+            arrivals: Mutex::default(),
+        }
+    }
 }
 
 impl Counters {
@@ -97,6 +132,14 @@ impl Counters {
     pub(crate) fn begin(self: &Arc<Self>, route: Route, model: Option<&str>) -> InFlight {
         self.total.fetch_add(1, Relaxed);
         self.by_route[route as usize].fetch_add(1, Relaxed);
+        if route.is_inference() {
+            let at = self.started.elapsed().as_millis() as u64;
+            let mut arrivals = self.arrivals.lock().unwrap_or_else(|e| e.into_inner());
+            if arrivals.len() == ARRIVALS {
+                arrivals.pop_front();
+            }
+            arrivals.push_back(at);
+        }
         if let Some(model) = model {
             let mut by_model = self.by_model.lock().unwrap_or_else(|e| e.into_inner());
             match by_model.get_mut(model) {
@@ -130,6 +173,13 @@ impl Counters {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
+            arrivals_ms: self
+                .arrivals
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .copied()
+                .collect(),
         }
     }
 
@@ -139,6 +189,10 @@ impl Counters {
         self.total.store(0, Relaxed);
         self.by_route.iter().for_each(|n| n.store(0, Relaxed));
         self.by_model
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.arrivals
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();

@@ -53,6 +53,10 @@ pub enum GatewayError {
     },
     #[error("every node that serves `{0}` is at its concurrency limit; try again shortly")]
     Saturated(String),
+    /// Every node that could serve the model answered 429 (or 503 with Retry-After)
+    /// and asked for a pause longer than meshgate waits.
+    #[error("every node that serves `{model}` asked to wait; try again in {:.1}s", retry_after.as_secs_f64())]
+    NodesPaused { model: String, retry_after: Duration },
     /// Failover was tried and every attempt failed: the last failure, and how many.
     #[error("{last} (after {attempts} attempts on different nodes)")]
     GaveUp {
@@ -192,6 +196,7 @@ impl GatewayError {
             Self::ModelNotAllowed { .. } => class(S::FORBIDDEN, G::PermissionDenied, "permission_error", Some("model_not_allowed"), false),
             Self::RateLimited { scope, .. } => class(S::TOO_MANY_REQUESTS, G::ResourceExhausted, scope.as_str(), Some("rate_limit_exceeded"), false),
             Self::Saturated(_) => class(S::SERVICE_UNAVAILABLE, G::Unavailable, SERVER, Some("nodes_saturated"), false),
+            Self::NodesPaused { .. } => class(S::TOO_MANY_REQUESTS, G::ResourceExhausted, "requests", Some("rate_limit_exceeded"), false),
             Self::GaveUp { last, .. } => Class { failover: false, ..last.class() },
             Self::Internal(_) => class(S::INTERNAL_SERVER_ERROR, G::Internal, SERVER, Some("internal_error"), false),
             Self::Loop(_) => class(S::LOOP_DETECTED, G::FailedPrecondition, SERVER, Some("loop_detected"), false),
@@ -207,7 +212,8 @@ impl GatewayError {
             Self::ModelNotFound(_)
             | Self::NoNodeAvailable(_)
             | Self::ModelNotAllowed { .. }
-            | Self::Saturated(_) => Some("model"),
+            | Self::Saturated(_)
+            | Self::NodesPaused { .. } => Some("model"),
             Self::GaveUp { last, .. } => last.param(),
             _ => None,
         }
@@ -218,6 +224,7 @@ impl GatewayError {
         match self {
             Self::RateLimited { retry_after, .. } => Some(*retry_after),
             Self::Saturated(_) => Some(Duration::from_secs(1)),
+            Self::NodesPaused { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }

@@ -13,3 +13,15 @@ pub mod openai;
 
 /// Which node answered, on every front (a header, or gRPC metadata).
 pub const NODE_HEADER: http::HeaderName = http::HeaderName::from_static("x-meshgate-node");
+/// Which model answered: the name the node was asked for (a group's member or fallback,
+/// an alias's target).
+pub const MODEL_HEADER: http::HeaderName = http::HeaderName::from_static("x-meshgate-model");
+
+/// Say which node and model answered.
+pub fn label(headers: &mut http::HeaderMap, node: &str, model: &str) {
+    for (name, value) in [(NODE_HEADER, node), (MODEL_HEADER, model)] {
+        if let Ok(value) = http::HeaderValue::try_from(value) {
+            headers.insert(name, value);
+        }
+    }
+}

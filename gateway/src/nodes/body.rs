@@ -15,23 +15,30 @@ use meshgate_transports::{Kind, Phase, TransportError};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 
-use super::{Node, lock};
+use super::{Node, Probes};
 use crate::config::Timeouts;
 
 /// One request's hold on a node: counted in flight, holding its slot, until dropped.
 pub struct InFlight {
     node: Arc<Node>,
+    model: Arc<str>,
     _slot: Option<OwnedSemaphorePermit>,
-    /// The breaker let this request through as its half-open probe.
-    probe: bool,
+    /// The breakers that let this request through as their half-open probe.
+    probe: Probes,
     settled: bool,
 }
 
 impl InFlight {
-    pub(super) fn new(node: Arc<Node>, slot: Option<OwnedSemaphorePermit>, probe: bool) -> Self {
+    pub(super) fn new(
+        node: Arc<Node>,
+        model: Arc<str>,
+        slot: Option<OwnedSemaphorePermit>,
+        probe: Probes,
+    ) -> Self {
         node.in_flight.fetch_add(1, Ordering::Relaxed);
         Self {
             node,
+            model,
             _slot: slot,
             probe,
             settled: false,
@@ -50,21 +57,31 @@ impl InFlight {
     }
 
     /// The node answered `status`, its first body byte after `ttft`: the node's latency
-    /// estimate and breaker learn it (a 5xx is a failure; 2xx and 4xx prove the node
-    /// works: a bad request is the client's fault), and the body holds this claim until
-    /// the answer ends.
+    /// estimate and breakers learn it, and the body holds this claim until the answer
+    /// ends. A 5xx is a failure of the model on this node (its breaker, not the node's);
+    /// 2xx and 4xx prove both work (a bad request is the client's fault); a 429, or a
+    /// 503 that says when to come back (`retry_after`), is the node asking for a pause,
+    /// which it gets: no failure, no request until then.
     pub fn answered(
         self,
         status: http::StatusCode,
+        retry_after: Option<Duration>,
         ttft: Duration,
         first: Option<Frame<Bytes>>,
         body: meshgate_transports::Body,
     ) -> NodeBody {
         self.node.record_ttft(ttft);
-        if status.is_server_error() {
-            self.node.record_failure(format!("answered {status}"));
-        } else {
-            self.node.record_success();
+        let pause = match status.as_u16() {
+            429 => Some(retry_after.unwrap_or(DEFAULT_PAUSE)),
+            503 => retry_after,
+            _ => None,
+        };
+        match pause {
+            Some(pause) => self.node.cool_down(pause.min(MAX_PAUSE)),
+            None if status.is_server_error() => self
+                .node
+                .record_model_failure(&self.model, format!("answered {status}")),
+            None => self.node.record_success(&self.model),
         }
         NodeBody::new(first, body, self)
     }
@@ -77,11 +94,16 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.node.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if self.probe && !self.settled {
-            lock(&self.node.breaker).abandon_probe();
+        if !self.settled {
+            self.node.abandon_probes(&self.model, self.probe);
         }
     }
 }
+
+/// A node's 429 without Retry-After: how long it is left alone.
+const DEFAULT_PAUSE: Duration = Duration::from_secs(1);
+/// The longest pause a node's Retry-After buys (a typo of a day must not take it out).
+const MAX_PAUSE: Duration = Duration::from_secs(300);
 
 pub struct NodeBody {
     first: Option<Frame<Bytes>>,

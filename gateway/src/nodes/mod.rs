@@ -8,6 +8,7 @@ mod body;
 pub mod breaker;
 mod discovery;
 pub mod ewma;
+pub mod groups;
 pub mod plan;
 
 use std::collections::{HashMap, VecDeque};
@@ -30,6 +31,7 @@ pub use discovery::{Found, Probe, probe};
 pub use plan::{Plan, SessionPool, ssh_config_path};
 
 use crate::config::{BreakerConfig, Config, NodeConfig, RoutingConfig, Timeouts, TransportKind};
+use groups::Groups;
 use breaker::{Admission, Breaker, State as BreakerState};
 use ewma::PeakEwma;
 
@@ -93,7 +95,14 @@ pub struct Node {
     waiting: AtomicUsize,
     in_flight: AtomicUsize,
     ttft: Mutex<PeakEwma>,
+    /// Transport-level failures (connect, SSH, timeouts, cut streams): the whole node.
     breaker: Mutex<Breaker>,
+    /// Answer-level failures (the node's 5xx for one model): that model on this node.
+    /// Made on a model's first failure.
+    model_breakers: Mutex<HashMap<Arc<str>, Breaker>>,
+    /// The node asked not to be sent anything before this (its 429, or a 503 with
+    /// Retry-After): skipped until then, which is not a failure.
+    cooling_until: Mutex<Option<Instant>>,
     state: RwLock<NodeState>,
     /// What the node was built from: a reload keeps the node (its connection, health and
     /// estimate) when this is unchanged.
@@ -113,6 +122,9 @@ pub struct NodeSpec {
     timeouts: Timeouts,
     routing: RoutingConfig,
     breaker: BreakerConfig,
+    /// A model's breaker backs off at most one discovery interval: a model that
+    /// recovers is used again within one probe interval.
+    model_breaker: BreakerConfig,
     /// SSH nodes: the alias as the ssh config resolves it now (a changed HostName, User
     /// or key in the ssh config makes a new node).
     target: Option<SshTarget>,
@@ -130,6 +142,11 @@ impl NodeSpec {
             timeouts: global.timeouts.with(&config.timeouts),
             routing: global.routing,
             breaker: global.breaker,
+            model_breaker: BreakerConfig {
+                max_backoff: global.breaker.max_backoff.min(global.discovery.interval),
+                backoff: global.breaker.backoff.min(global.discovery.interval),
+                ..global.breaker
+            },
             target,
         })
     }
@@ -165,14 +182,23 @@ struct History {
 /// the breaker's admission.
 pub struct Lease {
     pub node: Arc<Node>,
+    /// The model as this node knows it (a clean alias resolved, a group's member).
+    pub model: Arc<str>,
     slot: Option<OwnedSemaphorePermit>,
-    probe: bool,
+    probe: Probes,
+}
+
+/// Which breakers let this request through as their half-open probe.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Probes {
+    pub node: bool,
+    pub model: bool,
 }
 
 impl Lease {
     /// The request is being sent: count it in flight on the node until its answer ends.
     pub fn begin(self) -> InFlight {
-        InFlight::new(self.node, self.slot, self.probe)
+        InFlight::new(self.node, self.model, self.slot, self.probe)
     }
 }
 
@@ -215,7 +241,10 @@ impl Node {
                 (transport, target.describe())
             }
         };
-        let static_models: Option<Arc<[String]>> = config.models.clone().map(Into::into);
+        let static_models: Option<Arc<[String]>> = config
+            .models
+            .as_ref()
+            .map(|m| with_aliases(m, config).into());
         Ok(Self {
             name: config.name.as_str().into(),
             priority: config.priority,
@@ -235,6 +264,8 @@ impl Node {
                 spec.routing.ewma_decay,
             )),
             breaker: Mutex::new(Breaker::new(spec.breaker)),
+            model_breakers: Mutex::default(),
+            cooling_until: Mutex::default(),
             state: RwLock::new(NodeState {
                 reachability: Reachability::Unknown,
                 models: static_models.clone().unwrap_or_else(|| Arc::new([])),
@@ -324,7 +355,43 @@ impl Node {
 
     /// Whether the balancer may pick this node now (ignoring its concurrency limit).
     pub fn eligible(&self, now: Instant) -> bool {
-        self.reachable() && lock(&self.breaker).can_try(now)
+        self.reachable() && lock(&self.breaker).can_try(now) && !self.cooling(now)
+    }
+
+    /// [`Node::eligible`], and `model`'s own breaker on this node allows it.
+    pub fn eligible_for(&self, now: Instant, model: &str) -> bool {
+        self.eligible(now)
+            && lock(&self.model_breakers)
+                .get(model)
+                .is_none_or(|b| b.can_try(now))
+    }
+
+    fn cooling(&self, now: Instant) -> bool {
+        lock(&self.cooling_until).is_some_and(|until| now < until)
+    }
+
+    /// The node asked for a pause (its 429, or 503 with Retry-After): skip it until then.
+    pub fn cool_down(&self, pause: Duration) {
+        let until = Instant::now() + pause;
+        let mut cooling = lock(&self.cooling_until);
+        if cooling.is_none_or(|u| u < until) {
+            *cooling = Some(until);
+        }
+    }
+
+    /// How long the node still asks to be left alone.
+    pub fn cooling_for(&self, now: Instant) -> Option<Duration> {
+        lock(&self.cooling_until)
+            .filter(|until| now < *until)
+            .map(|until| until - now)
+    }
+
+    /// The name this node knows `model` by (its alias target, or itself).
+    pub fn wire_name(&self, model: &str) -> Arc<str> {
+        match self.spec.config.aliases.get(model) {
+            Some(name) => Arc::from(name.as_str()),
+            None => Arc::from(model),
+        }
     }
 
     /// Whether the node reports `model` (online or not).
@@ -391,27 +458,66 @@ impl Node {
                     breaker.consecutive_failures()
                 ),
             },
-            BreakerState::Closed => Health::Online,
+            BreakerState::Closed => {
+                drop(breaker);
+                let now = Instant::now();
+                if let Some(wait) = self.cooling_for(now) {
+                    return Health::Degraded {
+                        reason: format!("asked to wait (429/Retry-After): {:.1}s left", wait.as_secs_f64()),
+                    };
+                }
+                let models = lock(&self.model_breakers);
+                let refused: Vec<String> = models
+                    .iter()
+                    .filter(|(_, b)| !matches!(b.state(), BreakerState::Closed))
+                    .map(|(m, b)| {
+                        format!("model `{m}` after {} failures, last: {}", b.consecutive_failures(), b.last_failure().unwrap_or("unknown error"))
+                    })
+                    .collect();
+                if refused.is_empty() {
+                    Health::Online
+                } else {
+                    Health::Degraded {
+                        reason: refused.join("; "),
+                    }
+                }
+            }
         }
     }
 
-    /// Claim the node for a request without waiting: a free slot and breaker admission.
-    pub fn try_lease(self: &Arc<Self>, now: Instant) -> Option<Lease> {
+    /// Claim the node for a request for `model` without waiting: a free slot, and the
+    /// admission of the node's breaker and the model's.
+    pub fn try_lease(self: &Arc<Self>, now: Instant, model: &str) -> Option<Lease> {
         let slot = match &self.slots {
             Some(slots) => Some(Arc::clone(slots).try_acquire_owned().ok()?),
             None => None,
         };
-        let admission = lock(&self.breaker).admit(now)?;
+        let probe = self.admit(now, model)?;
         Some(Lease {
             node: Arc::clone(self),
+            model: Arc::from(model),
             slot,
-            probe: admission == Admission::Probe,
+            probe,
         })
+    }
+
+    fn admit(&self, now: Instant, model: &str) -> Option<Probes> {
+        let mut models = lock(&self.model_breakers);
+        let model_breaker = models.get_mut(model);
+        if model_breaker.as_ref().is_some_and(|b| !b.can_try(now)) {
+            return None;
+        }
+        let node = lock(&self.breaker).admit(now)? == Admission::Probe;
+        let model = model_breaker
+            .and_then(|b| b.admit(now))
+            .is_some_and(|a| a == Admission::Probe);
+        Some(Probes { node, model })
     }
 
     /// Wait (bounded in time and queue length) for a slot on a saturated node.
     pub async fn queue_for_lease(
         self: &Arc<Self>,
+        model: &str,
         timeout: Duration,
         depth: usize,
     ) -> Option<Lease> {
@@ -423,11 +529,12 @@ impl Node {
         let slot = tokio::time::timeout(timeout, Arc::clone(slots).acquire_owned()).await;
         self.waiting.fetch_sub(1, Ordering::AcqRel);
         let slot = slot.ok()?.ok()?;
-        let admission = lock(&self.breaker).admit(Instant::now())?;
+        let probe = self.admit(Instant::now(), model)?;
         Some(Lease {
             node: Arc::clone(self),
+            model: Arc::from(model),
             slot: Some(slot),
-            probe: admission == Admission::Probe,
+            probe,
         })
     }
 
@@ -441,6 +548,11 @@ impl Node {
     }
 
     fn record_failure(&self, reason: String) {
+        self.remember_error(&reason);
+        lock(&self.breaker).on_failure(Instant::now(), reason);
+    }
+
+    fn remember_error(&self, reason: &str) {
         tracing::debug!(node = %self.name, %reason, "node failure");
         let at_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -453,14 +565,36 @@ impl Node {
             }
             recent.push_back(RecentError {
                 at_ms,
-                error: reason.clone(),
+                error: reason.to_owned(),
             });
         }
-        lock(&self.breaker).on_failure(Instant::now(), reason);
     }
 
-    fn record_success(&self) {
+    fn record_success(&self, model: &str) {
         lock(&self.breaker).on_success();
+        if let Some(b) = lock(&self.model_breakers).get_mut(model) {
+            b.on_success();
+        }
+    }
+
+    /// The node answered 5xx for `model`: that model's breaker on this node learns it.
+    fn record_model_failure(&self, model: &Arc<str>, reason: String) {
+        self.remember_error(&reason);
+        lock(&self.model_breakers)
+            .entry(Arc::clone(model))
+            .or_insert_with(|| Breaker::new(self.spec.model_breaker))
+            .on_failure(Instant::now(), reason);
+    }
+
+    fn abandon_probes(&self, model: &str, probes: Probes) {
+        if probes.node {
+            lock(&self.breaker).abandon_probe();
+        }
+        if probes.model {
+            if let Some(b) = lock(&self.model_breakers).get_mut(model) {
+                b.abandon_probe();
+            }
+        }
     }
 
     fn record_ttft(&self, ttft: Duration) {
@@ -484,7 +618,7 @@ impl Node {
                 let models: Arc<[String]> = self
                     .static_models
                     .clone()
-                    .unwrap_or_else(|| found.models.clone().into());
+                    .unwrap_or_else(|| with_aliases(&found.models, &self.spec.config).into());
                 let changed = s.models != models;
                 s.models = models;
                 changed
@@ -497,6 +631,17 @@ impl Node {
             }
         }
     }
+}
+
+/// The models a node serves, under their clean aliases too (a client may ask for either).
+fn with_aliases(models: &[String], config: &NodeConfig) -> Vec<String> {
+    let mut out = models.to_vec();
+    for (clean, reported) in &config.aliases {
+        if models.contains(reported) && !out.contains(clean) {
+            out.push(clean.clone());
+        }
+    }
+    out
 }
 
 /// Resolve an SSH node's alias in the OpenSSH config, with the node's and the global
@@ -587,6 +732,7 @@ pub async fn probe_all(nodes: &[Arc<Node>], timeout: Duration) {
 pub struct Nodes {
     list: RwLock<Arc<[Arc<Node>]>>,
     index: RwLock<Arc<ModelIndex>>,
+    groups: RwLock<Arc<Groups>>,
     /// One discovery task per node, aborted when the node leaves the list.
     discovery: Mutex<Discovery>,
 }
@@ -661,8 +807,18 @@ impl Nodes {
         Self {
             list: RwLock::new(list.into()),
             index,
+            groups: RwLock::default(),
             discovery: Mutex::default(),
         }
+    }
+
+    /// The model groups (`[[models]]`) now.
+    pub fn groups(&self) -> Arc<Groups> {
+        Arc::clone(&self.groups.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub fn set_groups(&self, groups: Groups) {
+        *self.groups.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(groups);
     }
 
     /// The nodes now.
@@ -730,17 +886,28 @@ impl Nodes {
         *self.index.write().unwrap_or_else(|e| e.into_inner()) = index;
     }
 
-    /// Whether some node could take a request for `model` now (slots aside).
-    pub fn any_eligible(&self, model: &str) -> bool {
+    /// Whether some node could take a request for `model` (a group: any of its
+    /// models) now (slots aside), other than the `except` ones.
+    pub fn any_eligible(&self, model: &str, except: &[Arc<str>]) -> bool {
         let now = Instant::now();
-        self.index()
-            .tiers(model)
-            .is_some_and(|tiers| tiers.iter().flatten().any(|n| n.eligible(now)))
+        let index = self.index();
+        let eligible = |m: &str| {
+            index.tiers(m).is_some_and(|tiers| {
+                tiers
+                    .iter()
+                    .flatten()
+                    .any(|n| !except.contains(&n.name) && n.eligible_for(now, m))
+            })
+        };
+        match self.groups().get(model) {
+            Some(group) => group.stages.iter().flatten().any(|m| eligible(m)),
+            None => eligible(model),
+        }
     }
 
-    /// Whether any node (online or not) reports `model`.
+    /// Whether `model` is a group or some node (online or not) reports it.
     pub fn known_model(&self, model: &str) -> bool {
-        self.index().tiers(model).is_some()
+        self.index().tiers(model).is_some() || self.groups().get(model).is_some()
     }
 
     pub fn any_online(&self) -> bool {
@@ -755,6 +922,19 @@ impl Nodes {
             .filter(|n| n.is_online())
             .flat_map(|n| n.state().models.to_vec())
             .collect();
+        // A group is listed when some node of its route is online.
+        let groups = self.groups();
+        let online: std::collections::HashSet<&str> = models.iter().map(String::as_str).collect();
+        let listed: Vec<String> = groups
+            .names()
+            .filter(|g| {
+                groups
+                    .get(g)
+                    .is_some_and(|group| group.stages.iter().flatten().any(|m| online.contains(&**m)))
+            })
+            .map(str::to_owned)
+            .collect();
+        models.extend(listed);
         models.sort();
         models.dedup();
         models

@@ -55,7 +55,8 @@ async fn attempt(request: GatewayRequest, lease: Lease) -> Result<Routed, Gatewa
         .meter
         .span()
         .and_then(|cx| spans::attempt(cx, &lease.node, number as usize));
-    let (mut node_request, dialect) = to_node(&request, &lease.node);
+    let model = lease.node.wire_name(&lease.model);
+    let (mut node_request, dialect) = to_node(&request, &lease.node, &model);
     if let Some(cx) = &span {
         spans::inject(cx, node_request.headers_mut());
     }
@@ -87,12 +88,17 @@ async fn attempt(request: GatewayRequest, lease: Lease) -> Result<Routed, Gatewa
         span.end();
     }
     match result {
-        Ok(response) => Ok(Routed {
-            node,
-            dialect,
-            response,
-            meter: Meter::default(),
-        }),
+        Ok(response) => {
+            let (response, context_overflow) = check_context(response).await;
+            Ok(Routed {
+                node,
+                model,
+                context_overflow,
+                dialect,
+                response,
+                meter: Meter::default(),
+            })
+        }
         Err(source) => Err(GatewayError::Upstream {
             node: node.to_string(),
             source,
@@ -117,14 +123,23 @@ fn book(
 /// The HTTP request for `node`, and the API it is asked in. Rendered per attempt: an
 /// Ollama request goes as is to a node that speaks Ollama natively, and translated to
 /// OpenAI's API for one that does not.
-fn to_node(request: &GatewayRequest, node: &Node) -> (meshgate_transports::Request, Dialect) {
+fn to_node(
+    request: &GatewayRequest,
+    node: &Node,
+    model: &str,
+) -> (meshgate_transports::Request, Dialect) {
     let operation = request.operation;
     let (path, body, dialect) = match operation.dialect() {
         Dialect::Ollama if !node.speaks_ollama() => {
-            let (path, body) =
-                translate::ollama::to_openai(operation, &request.model, &request.body);
+            let (path, body) = translate::ollama::to_openai(operation, model, &request.body);
             (path, body, Dialect::OpenAi)
         }
+        // Asked for under another name (a group, an alias): the node gets its own.
+        dialect if model != request.model => (
+            operation.path(),
+            translate::with_model(&request.body, model),
+            dialect,
+        ),
         dialect => (operation.path(), request.body.clone(), dialect),
     };
     let mut node_request = http::Request::new(body);
@@ -173,6 +188,47 @@ async fn send(
         Ok(Some(Err(e))) => return Err(in_flight.failed(e.in_phase(Phase::FirstByte))),
         Err(_) => return Err(in_flight.failed(timed_out())),
     };
-    let body = in_flight.answered(parts.status, started.elapsed(), first, body);
+    let retry_after = retry_after(&parts.headers);
+    let body = in_flight.answered(parts.status, retry_after, started.elapsed(), first, body);
     Ok(http::Response::from_parts(parts, body.boxed_unsync()))
+}
+
+/// A `Retry-After` in seconds (the form model servers and proxies send); an HTTP date is
+/// taken as "a while" (one second) rather than parsed.
+fn retry_after(headers: &http::HeaderMap) -> Option<std::time::Duration> {
+    let value = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    match value.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => {
+            Some(std::time::Duration::from_secs_f64(secs.min(86_400.0)))
+        }
+        _ => Some(std::time::Duration::from_secs(1)),
+    }
+}
+
+/// A 400 is read (bounded: error bodies are small) to see whether it says the prompt
+/// exceeds the node's context, and handed on with the same bytes.
+async fn check_context(
+    response: meshgate_transports::Response,
+) -> (meshgate_transports::Response, bool) {
+    if response.status() != http::StatusCode::BAD_REQUEST {
+        return (response, false);
+    }
+    let (parts, body) = response.into_parts();
+    let limited = http_body_util::Limited::new(body, 64 * 1024);
+    match limited.collect().await {
+        Ok(collected) => {
+            let bytes = collected.to_bytes();
+            let overflow = translate::is_context_overflow(&bytes);
+            let body = meshgate_transports::full_body(bytes);
+            (http::Response::from_parts(parts, body), overflow)
+        }
+        // Too large or cut: not an error message we can read; say the body failed.
+        Err(e) => {
+            let body = meshgate_transports::full_body(bytes::Bytes::from(format!(
+                "{{\"error\":{{\"message\":\"the node's 400 answer could not be read: {}\"}}}}",
+                e.to_string().replace('"', "'")
+            )));
+            (http::Response::from_parts(parts, body), false)
+        }
+    }
 }

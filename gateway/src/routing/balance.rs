@@ -1,5 +1,7 @@
-//! Choosing a node for a request. Only nodes that serve the model, are reachable and
-//! whose breaker allows are candidates. Tiers go in priority order: a tier with no
+//! Choosing a node for a request. Only nodes that serve the model, are reachable, are
+//! not asking for a pause (their 429), and whose breakers (the node's, and the model's
+//! on that node) allow are candidates. A model group tries its pool, then each
+//! fallback, as stages. Tiers go in priority order: a tier with no
 //! candidate that has a free slot spills to the next. Inside a tier, nodes that have the
 //! model loaded beat nodes that would cold-load it, then power of two choices over the
 //! node's load (time-to-first-token estimate x requests in flight) decides. When every
@@ -18,7 +20,7 @@ use tokio::time::Instant;
 use super::attempt::Leased;
 use crate::config::RoutingConfig;
 use crate::errors::GatewayError;
-use crate::nodes::{Lease, Node, Nodes};
+use crate::nodes::{Lease, ModelIndex, Node, Nodes};
 use crate::request::{GatewayRequest, Routed};
 
 /// Leases a node for each request, then hands both to the inner service (the attempt).
@@ -28,6 +30,28 @@ pub struct Balance<S> {
     nodes: Arc<Nodes>,
     queue_timeout: Duration,
     queue_depth: usize,
+    /// When the only nodes for a model asked for a pause (their 429): how long a
+    /// request may wait it out.
+    max_retry_after: Duration,
+}
+
+/// What may answer a request, in order: a plain model is one stage of itself; a group
+/// (`[[models]]`) is its `use` pool, then each fallback.
+enum Stages<'a> {
+    One([&'a str; 1]),
+    Group(&'a [Vec<Arc<str>>]),
+}
+
+impl Stages<'_> {
+    fn for_each<T>(&self, mut f: impl FnMut(&[&str]) -> Option<T>) -> Option<T> {
+        match self {
+            Stages::One(model) => f(model),
+            Stages::Group(stages) => stages.iter().find_map(|stage| {
+                let names: Vec<&str> = stage.iter().map(|m| &**m).collect();
+                f(&names)
+            }),
+        }
+    }
 }
 
 impl<S> Balance<S> {
@@ -37,61 +61,171 @@ impl<S> Balance<S> {
             nodes,
             queue_timeout: routing.queue_timeout,
             queue_depth: routing.queue_depth,
+            max_retry_after: Duration::ZERO,
         }
     }
 
-    /// Claim the best node for `model`, avoiding nodes already tried while others remain
-    /// (never the same node twice in a row unless it is the only one).
-    pub async fn lease(&self, model: &str, tried: &[Arc<str>]) -> Result<Lease, GatewayError> {
+    /// Wait out a node's pause (its 429's Retry-After) up to `max` when it is the only
+    /// way to serve a request; longer pauses are answered 429 with `retry-after`.
+    pub fn waiting_out(mut self, max: Duration) -> Self {
+        self.max_retry_after = max;
+        self
+    }
+
+    /// Claim the best node for the request: the first stage of its route with a node
+    /// that can take it now (a group's fallback when its pool is down, saturated or
+    /// refusing), preferring nodes not tried yet for it, then any but the last one
+    /// tried (never the same node twice in a row unless it is the only one); never a
+    /// node that timed out on it. When every candidate is at its concurrency limit,
+    /// wait (bounded) for a slot on the first stage that has one.
+    pub async fn lease(&self, request: &GatewayRequest) -> Result<Lease, GatewayError> {
+        let now = match self.lease_now(request) {
+            Err(GatewayError::NoNodeAvailable(model)) => match self.paused(request) {
+                // Nodes that asked for a short pause: wait it out, then try once more.
+                Some(wait) if wait <= self.max_retry_after => {
+                    tokio::time::sleep(wait).await;
+                    self.lease_now(request)
+                }
+                Some(wait) => Err(GatewayError::NodesPaused {
+                    model,
+                    retry_after: wait,
+                }),
+                None => Err(GatewayError::NoNodeAvailable(model)),
+            },
+            other => other,
+        };
+        match now? {
+            Ok(lease) => Ok(lease),
+            Err((node, model)) => node
+                .queue_for_lease(&model, self.queue_timeout, self.queue_depth)
+                .await
+                .ok_or_else(|| GatewayError::Saturated(request.model.clone())),
+        }
+    }
+
+    /// A lease now, or the node (and model) to queue on for one.
+    #[allow(clippy::type_complexity)]
+    fn lease_now(
+        &self,
+        request: &GatewayRequest,
+    ) -> Result<Result<Lease, (Arc<Node>, String)>, GatewayError> {
         let index = self.nodes.index();
-        let tiers = index
-            .tiers(model)
-            .ok_or_else(|| GatewayError::ModelNotFound(model.to_owned()))?;
+        let groups = self.nodes.groups();
+        let model = request.model.as_str();
+        let group = groups.get(model);
+        let context = request
+            .context_fallback
+            .then(|| group.and_then(|g| g.context_fallback.as_deref()))
+            .flatten();
+        let stages = match (context, group) {
+            (Some(context), _) => Stages::One([context]),
+            (None, Some(group)) => Stages::Group(&group.stages),
+            (None, None) => Stages::One([model]),
+        };
+        let served = stages
+            .for_each(|stage| stage.iter().any(|m| index.tiers(m).is_some()).then_some(()))
+            .is_some();
+        if !served {
+            return Err(match group {
+                // A group whose models no node serves yet is valid: nodes come and go.
+                Some(_) => GatewayError::NoNodeAvailable(model.to_owned()),
+                None => GatewayError::ModelNotFound(model.to_owned()),
+            });
+        }
         let now = Instant::now();
-        if let Some(lease) = lease_now(tiers, model, tried, now) {
-            return Ok(lease);
+        let tried = &request.tried;
+        let last = tried.last();
+        let usable = |n: &Node| !request.avoid.contains(&n.name);
+        let passes: [&dyn Fn(&Node) -> bool; 3] = [
+            &|n| usable(n) && !tried.contains(&n.name),
+            &|n| usable(n) && last != Some(&n.name),
+            &usable,
+        ];
+        let passes = if tried.is_empty() {
+            &passes[2..]
+        } else {
+            &passes[..]
+        };
+        let leased = passes.iter().find_map(|allowed| {
+            stages.for_each(|stage| lease_in_stage(&index, stage, now, allowed))
+        });
+        if let Some(lease) = leased {
+            return Ok(Ok(lease));
         }
-        // Every candidate is busy: queue on the least-queued one of the best tier that has any.
-        for tier in tiers {
-            let queue_on = tier
-                .iter()
-                .filter(|n| n.eligible(now) && n.max_concurrency.is_some())
-                .min_by_key(|n| n.waiting());
-            if let Some(node) = queue_on {
-                return node
-                    .queue_for_lease(self.queue_timeout, self.queue_depth)
-                    .await
-                    .ok_or_else(|| GatewayError::Saturated(model.to_owned()));
-            }
+        // Every candidate is busy: queue on the least-queued node of the first tier of
+        // the first stage that has one with a concurrency limit.
+        let queue_on = stages.for_each(|stage| {
+            stage.iter().find_map(|m| {
+                index.tiers(m)?.iter().find_map(|tier| {
+                    tier.iter()
+                        .filter(|n| usable(n) && n.eligible_for(now, m) && n.max_concurrency.is_some())
+                        .min_by_key(|n| n.waiting())
+                        .map(|n| (Arc::clone(n), m.to_string()))
+                })
+            })
+        });
+        match queue_on {
+            Some(queue) => Ok(Err(queue)),
+            None => Err(GatewayError::NoNodeAvailable(model.to_owned())),
         }
-        Err(GatewayError::NoNodeAvailable(model.to_owned()))
     }
 }
 
-/// The best node with a free slot, without waiting: first avoiding every node already
-/// tried, then only the last one tried, then none.
-fn lease_now(
-    tiers: &[Vec<Arc<Node>>],
-    model: &str,
-    tried: &[Arc<str>],
-    now: Instant,
-) -> Option<Lease> {
-    let last = tried.last();
-    let passes: [&dyn Fn(&Node) -> bool; 3] = [
-        &|n| !tried.contains(&n.name),
-        &|n| last != Some(&n.name),
-        &|_| true,
-    ];
-    let passes = if tried.is_empty() {
-        &passes[2..]
-    } else {
-        &passes[..]
-    };
-    passes.iter().find_map(|allowed| {
-        tiers
+impl<S> Balance<S> {
+    /// The shortest pause among nodes that could serve the request but asked not to be
+    /// sent anything yet.
+    fn paused(&self, request: &GatewayRequest) -> Option<Duration> {
+        let index = self.nodes.index();
+        let groups = self.nodes.groups();
+        let models: Vec<&str> = match groups.get(&request.model) {
+            Some(group) => group.stages.iter().flatten().map(|m| &**m).collect(),
+            None => vec![request.model.as_str()],
+        };
+        let now = Instant::now();
+        models
             .iter()
-            .find_map(|tier| pick(tier, model, now, allowed))
-    })
+            .filter_map(|m| index.tiers(m))
+            .flatten()
+            .flatten()
+            .filter(|n| !request.avoid.contains(&n.name))
+            .filter_map(|n| n.cooling_for(now))
+            .min()
+    }
+}
+
+/// The best node with a free slot in one stage, without waiting. One model: its tiers.
+/// Several (a group's pool): their nodes merged by tier, each node for the first of the
+/// stage's models it serves.
+fn lease_in_stage(
+    index: &ModelIndex,
+    stage: &[&str],
+    now: Instant,
+    allowed: &dyn Fn(&Node) -> bool,
+) -> Option<Lease> {
+    if let [model] = stage {
+        let tiers = index.tiers(model)?;
+        return tiers
+            .iter()
+            .find_map(|tier| pick(tier, model, now, allowed));
+    }
+    let mut pool: Vec<(&Arc<Node>, &str)> = Vec::new();
+    for model in stage {
+        for node in index.tiers(model).into_iter().flatten().flatten() {
+            if !pool.iter().any(|(n, _)| Arc::ptr_eq(n, node)) {
+                pool.push((node, model));
+            }
+        }
+    }
+    pool.sort_by_key(|(n, _)| n.priority);
+    pool.chunk_by(|a, b| a.0.priority == b.0.priority)
+        .find_map(|tier| {
+            let candidates = tier
+                .iter()
+                .filter(|(n, m)| allowed(n) && n.eligible_for(now, m) && n.has_free_slot())
+                .map(|(n, m)| (*n, *m))
+                .collect();
+            lease_best(candidates, now)
+        })
 }
 
 /// P2C within one tier, among eligible nodes with a free slot, warm ones first.
@@ -104,18 +238,25 @@ fn pick(
     if let Some(lease) = pick_sampled(tier, model, now, allowed) {
         return Some(lease);
     }
-    let mut candidates: Vec<&Arc<Node>> = tier
+    let candidates = tier
         .iter()
-        .filter(|n| allowed(n) && n.eligible(now) && n.has_free_slot())
+        .filter(|n| allowed(n) && n.eligible_for(now, model) && n.has_free_slot())
+        .map(|n| (n, model))
         .collect();
-    if candidates.iter().any(|n| n.is_warm(model)) {
-        candidates.retain(|n| n.is_warm(model));
+    lease_best(candidates, now)
+}
+
+/// P2C over (node, model) candidates, those with their model warm first; a lost race
+/// for a node's last slot or its probe tries the others.
+fn lease_best(mut candidates: Vec<(&Arc<Node>, &str)>, now: Instant) -> Option<Lease> {
+    if candidates.iter().any(|(n, m)| n.is_warm(m)) {
+        candidates.retain(|(n, m)| n.is_warm(m));
     }
     while let Some(i) = p2c(&candidates, now) {
-        if let Some(lease) = candidates[i].try_lease(now) {
+        let (node, model) = candidates[i];
+        if let Some(lease) = node.try_lease(now, model) {
             return Some(lease);
         }
-        // Lost a race for its last slot or its probe: try the others.
         candidates.swap_remove(i);
     }
     None
@@ -140,7 +281,10 @@ fn pick_sampled(
     let a = fastrand::usize(..n);
     let b = (a + 1 + fastrand::usize(..n - 1)) % n;
     let qualifies = |node: &Node| {
-        allowed(node) && node.eligible(now) && node.has_free_slot() && node.is_warm(model)
+        allowed(node)
+            && node.eligible_for(now, model)
+            && node.has_free_slot()
+            && node.is_warm(model)
     };
     if !qualifies(&tier[a]) || !qualifies(&tier[b]) {
         return None;
@@ -151,19 +295,19 @@ fn pick_sampled(
         (b, a)
     };
     tier[first]
-        .try_lease(now)
-        .or_else(|| tier[second].try_lease(now))
+        .try_lease(now, model)
+        .or_else(|| tier[second].try_lease(now, model))
 }
 
 /// Power of two choices: two distinct random candidates, the less loaded wins.
-fn p2c(candidates: &[&Arc<Node>], now: Instant) -> Option<usize> {
+fn p2c(candidates: &[(&Arc<Node>, &str)], now: Instant) -> Option<usize> {
     match candidates.len() {
         0 => None,
         1 => Some(0),
         n => {
             let a = fastrand::usize(..n);
             let b = (a + 1 + fastrand::usize(..n - 1)) % n;
-            Some(if candidates[a].load(now) <= candidates[b].load(now) {
+            Some(if candidates[a].0.load(now) <= candidates[b].0.load(now) {
                 a
             } else {
                 b
@@ -192,7 +336,7 @@ where
     fn call(&mut self, request: GatewayRequest) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let lease = this.lease(&request.model, &request.tried).await?;
+            let lease = this.lease(&request).await?;
             tower::ServiceExt::oneshot(this.inner, Leased { request, lease }).await
         })
     }
@@ -246,9 +390,17 @@ mod tests {
             &RoutingConfig::default(),
         );
         let mut seen = HashMap::new();
+        let request = GatewayRequest::new(
+            crate::request::Operation::ChatCompletions,
+            "m".into(),
+            false,
+            bytes::Bytes::new(),
+            crate::request::Inbound::default(),
+        )
+        .unwrap();
         for _ in 0..times {
             let lease = balance
-                .lease("m", &[])
+                .lease(&request)
                 .now_or_never()
                 .expect("a free node leases without waiting")
                 .expect("a node");

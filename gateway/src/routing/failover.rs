@@ -1,13 +1,25 @@
 //! Failover: a request that failed on one node before anything reached the client is
 //! sent to another node — on connect/SSH failure, a timeout before the first byte, or a
-//! 502/503/504 answer. Never on a 4xx (the request is bad), never on a 429 meshgate
-//! issued (that never reaches this layer), never after the first byte was relayed.
-//! Extra load is bounded by tower's retry budget, not only by an attempt count. When
-//! meshgate gives up after failing over, it tells SDKs not to retry on top of it.
+//! 500/502/503/504 answer (inference is safe to run again before any output). Never on
+//! a 4xx (the request is bad), never on a 429 meshgate issued (that never reaches this
+//! layer), never after the first byte was relayed. Extra load is bounded by tower's
+//! retry budget, not only by an attempt count. When meshgate gives up after failing
+//! over, it tells SDKs not to retry on top of it.
+//!
+//! A node's own "not now" (its 429, or a 503 with Retry-After) sends the request to
+//! another node at once; when no other can take it, a short Retry-After (up to
+//! `[retry] max_retry_after`) is waited out and the node asked again, a longer one goes
+//! back to the client as 429/503 with `retry-after`. A node that let the request time
+//! out is not asked again for it. A node's "the prompt exceeds my context" goes to the
+//! group's `context_fallback`, when it has one.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use http::{HeaderValue, StatusCode};
+use meshgate_transports::Kind;
+use tokio::time::Instant;
 use tower::retry::Policy;
 use tower::retry::budget::{Budget, TpsBudget};
 
@@ -16,11 +28,16 @@ use crate::errors::{ATTEMPTS_HEADER, GatewayError};
 use crate::nodes::Nodes;
 use crate::request::{GatewayRequest, Routed};
 
-const FAILOVER_STATUSES: [StatusCode; 3] = [
+const FAILOVER_STATUSES: [StatusCode; 5] = [
+    StatusCode::INTERNAL_SERVER_ERROR,
     StatusCode::BAD_GATEWAY,
     StatusCode::SERVICE_UNAVAILABLE,
     StatusCode::GATEWAY_TIMEOUT,
+    StatusCode::TOO_MANY_REQUESTS,
 ];
+
+/// Before asking the only node again after its 500.
+const PAUSE_AFTER_500: Duration = Duration::from_millis(250);
 
 #[derive(Clone)]
 pub struct Failover {
@@ -29,14 +46,24 @@ pub struct Failover {
     /// on the only one), the node's own answer is better than "no node available".
     nodes: Option<Arc<Nodes>>,
     max_attempts: u32,
+    max_retry_after: Duration,
     /// Attempts made for this request (the policy is cloned per request).
     attempts: u32,
+}
+
+/// What to do after one attempt.
+enum Next {
+    Done,
+    /// Another node (or, failing that, the same after a pause).
+    Again(Arc<str>),
+    /// The group's context fallback.
+    Context(Arc<str>),
 }
 
 impl Failover {
     pub fn new(config: &RetryConfig) -> Self {
         let budget = TpsBudget::new(
-            std::time::Duration::from_secs(10),
+            Duration::from_secs(10),
             config.budget_min_per_second,
             config.budget_ratio,
         );
@@ -44,6 +71,7 @@ impl Failover {
             budget: Arc::new(budget),
             nodes: None,
             max_attempts: config.max_attempts,
+            max_retry_after: config.max_retry_after,
             attempts: 0,
         }
     }
@@ -53,20 +81,47 @@ impl Failover {
         self
     }
 
-    fn another_node_could_serve(&self, model: &str) -> bool {
-        self.nodes
-            .as_ref()
-            .is_none_or(|nodes| nodes.any_eligible(model))
+    fn another_node_could_serve(&self, request: &GatewayRequest) -> bool {
+        self.nodes.as_ref().is_none_or(|nodes| {
+            let model = match self.context_model(request) {
+                Some(context) if request.context_fallback => context,
+                _ => Arc::from(request.model.as_str()),
+            };
+            nodes.any_eligible(&model, &request.avoid)
+        })
+    }
+
+    fn context_model(&self, request: &GatewayRequest) -> Option<Arc<str>> {
+        let groups = self.nodes.as_ref()?.groups();
+        groups.get(&request.model)?.context_fallback.clone()
+    }
+
+    /// How long `node` asked to be left alone, if it did.
+    fn cooling(&self, node: &str) -> Option<Duration> {
+        let nodes = self.nodes.as_ref()?;
+        let list = nodes.list();
+        list.iter()
+            .find(|n| &*n.name == node)?
+            .cooling_for(Instant::now())
     }
 
     fn finish(&self, result: &mut Result<Routed, GatewayError>, gave_up: bool) {
         let failed_over = gave_up && self.attempts > 1;
         match result {
             Ok(routed) => {
+                let status = routed.response.status();
+                let cooling = self.cooling(&routed.node);
                 let headers = routed.response.headers_mut();
                 headers.insert(ATTEMPTS_HEADER, attempts_value(self.attempts));
                 if failed_over {
                     headers.insert("x-should-retry", HeaderValue::from_static("false"));
+                }
+                // A node's 429 goes back as it came, and always says when to come back.
+                if status == StatusCode::TOO_MANY_REQUESTS
+                    && !headers.contains_key(http::header::RETRY_AFTER)
+                {
+                    let secs = cooling.map_or(1, |d| d.as_secs_f64().ceil().max(1.0) as u64);
+                    headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
                 }
             }
             Err(e) if failed_over => {
@@ -77,6 +132,31 @@ impl Failover {
                 };
             }
             Err(_) => {}
+        }
+    }
+
+    fn next(&self, request: &mut GatewayRequest, result: &Result<Routed, GatewayError>) -> Next {
+        match result {
+            Ok(routed) if routed.context_overflow => match self.context_model(request) {
+                Some(model) if !request.context_fallback => Next::Context(model),
+                _ => Next::Done,
+            },
+            Ok(routed) if FAILOVER_STATUSES.contains(&routed.response.status()) => {
+                Next::Again(Arc::clone(&routed.node))
+            }
+            Err(e) if e.class().failover => match e.node() {
+                Some(node) => {
+                    let node: Arc<str> = Arc::from(node);
+                    if matches!(e, GatewayError::Upstream { source, .. } if source.kind() == Kind::Timeout)
+                    {
+                        // Waiting out the same silent node twice helps nobody.
+                        request.avoid.push(Arc::clone(&node));
+                    }
+                    Next::Again(node)
+                }
+                None => Next::Done,
+            },
+            _ => Next::Done,
         }
     }
 }
@@ -91,7 +171,7 @@ fn attempts_value(attempts: u32) -> HeaderValue {
 }
 
 impl Policy<GatewayRequest, Routed, GatewayError> for Failover {
-    type Future = std::future::Ready<()>;
+    type Future = BoxFuture<'static, ()>;
 
     fn retry(
         &mut self,
@@ -99,27 +179,53 @@ impl Policy<GatewayRequest, Routed, GatewayError> for Failover {
         result: &mut Result<Routed, GatewayError>,
     ) -> Option<Self::Future> {
         self.attempts += 1;
-        let failed_node: Option<Arc<str>> = match result {
-            Ok(routed) if FAILOVER_STATUSES.contains(&routed.response.status()) => {
-                Some(Arc::clone(&routed.node))
+        let next = self.next(request, result);
+        let node = match &next {
+            Next::Done => {
+                self.finish(result, false);
+                return None;
             }
-            Err(e) if e.class().failover => e.node().map(Arc::from),
-            _ => None,
+            Next::Again(node) | Next::Context(node) => Arc::clone(node),
         };
-        let Some(node) = failed_node else {
-            self.finish(result, false);
-            return None;
-        };
-        if self.attempts >= self.max_attempts
-            || !self.another_node_could_serve(&request.model)
-            || !self.budget.withdraw()
-        {
+        if self.attempts >= self.max_attempts || !self.budget.withdraw() {
             self.finish(result, true);
             return None;
         }
-        tracing::info!(node = %node, attempt = self.attempts, "failing over to another node");
-        request.tried.push(node);
-        Some(std::future::ready(()))
+        if let Next::Context(model) = &next {
+            tracing::info!(node = %routed_node(result), to = %model, "context exceeded: trying the context fallback");
+            request.context_fallback = true;
+            if self.another_node_could_serve(request) {
+                return Some(Box::pin(std::future::ready(())));
+            }
+            request.context_fallback = false;
+            self.finish(result, true);
+            return None;
+        }
+        request.tried.push(Arc::clone(&node));
+        if self.another_node_could_serve(request) {
+            tracing::info!(node = %node, attempt = self.attempts, "failing over to another node");
+            return Some(Box::pin(std::future::ready(())));
+        }
+        // No other node: a short pause the node asked for, or one after its 500, and
+        // the same node again; anything else goes back to the client.
+        let status = result.as_ref().ok().map(|r| r.response.status());
+        let pause = match (self.cooling(&node), status) {
+            (Some(wait), _) if wait <= self.max_retry_after => Some(wait),
+            (None, Some(StatusCode::INTERNAL_SERVER_ERROR)) if self.attempts == 1 => {
+                Some(PAUSE_AFTER_500)
+            }
+            _ => None,
+        };
+        match pause {
+            Some(pause) => {
+                tracing::info!(node = %node, pause_ms = pause.as_millis() as u64, "asking the node again after a pause");
+                Some(Box::pin(tokio::time::sleep(pause)))
+            }
+            None => {
+                self.finish(result, true);
+                None
+            }
+        }
     }
 
     fn clone_request(&mut self, request: &GatewayRequest) -> Option<GatewayRequest> {
@@ -128,6 +234,10 @@ impl Policy<GatewayRequest, Routed, GatewayError> for Failover {
         }
         Some(request.clone())
     }
+}
+
+fn routed_node(result: &Result<Routed, GatewayError>) -> &str {
+    result.as_ref().map_or("-", |r| &r.node)
 }
 
 #[cfg(test)]
@@ -181,6 +291,8 @@ mod tests {
                     let mut response = http::Response::new(meshgate_transports::full_body("{}"));
                     *response.status_mut() = status;
                     Ok(Routed {
+                        model: Arc::from("m"),
+                        context_overflow: false,
                         node,
                         dialect: crate::request::Dialect::OpenAi,
                         response,
@@ -239,7 +351,7 @@ mod tests {
     async fn never_retries_a_4xx_or_a_failure_after_the_first_byte() {
         for answer in [
             Ok(StatusCode::BAD_REQUEST),
-            Ok(StatusCode::TOO_MANY_REQUESTS),
+            Ok(StatusCode::NOT_FOUND),
             Err(Phase::Body),
         ] {
             let script = Script::new(vec![answer, Ok(StatusCode::OK)]);

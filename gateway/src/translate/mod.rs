@@ -4,3 +4,36 @@
 //! answer whole or streamed) when it does not. One module per dialect.
 
 pub mod ollama;
+
+use bytes::Bytes;
+
+/// `body` with its top-level `"model"` set to `model`: a group's member or a node's name
+/// for an alias. Only then is the body parsed again; any other field is kept as sent.
+pub fn with_model(body: &Bytes, model: &str) -> Bytes {
+    match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body) {
+        Ok(mut object) => {
+            object.insert("model".into(), serde_json::Value::String(model.to_owned()));
+            serde_json::to_vec(&object).map_or_else(|_| body.clone(), Bytes::from)
+        }
+        // Validated at the edge; should a body slip through, let the node reject it.
+        Err(_) => body.clone(),
+    }
+}
+
+/// Whether a node's 400 says the prompt does not fit its context window. Each server
+/// says it its own way: OpenAI and vLLM `context_length_exceeded` / "maximum context
+/// length", llama.cpp "exceeds the available context size", Ollama "context length".
+pub fn is_context_overflow(body: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(&body[..body.len().min(16 * 1024)]).to_ascii_lowercase();
+    [
+        "context_length_exceeded",
+        "maximum context length",
+        "context length",
+        "context size",
+        "context window",
+        "exceed_context_size",
+        "n_ctx",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
+}

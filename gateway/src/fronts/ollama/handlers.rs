@@ -20,7 +20,7 @@ use super::{OllamaJson, stream};
 use crate::errors::GatewayError;
 use crate::errors::render::OllamaError;
 use crate::fronts::body::Checked;
-use crate::fronts::{NODE_HEADER, answer};
+use crate::fronts::{self, answer};
 use crate::nodes::{Node, Nodes};
 use crate::request::{Dialect, GatewayRequest, Inbound, Operation, Routed};
 use crate::state::AppState;
@@ -97,9 +97,11 @@ async fn infer(
     let request = GatewayRequest::new(operation, routed_model, stream, raw, inbound)?;
     let Routed {
         node,
+        model: answered_by,
         dialect,
         response,
         meter,
+        ..
     } = app.routing.clone().oneshot(request).await?;
     let (mut parts, body) = response.into_parts();
     let max = app.limits.max_response_bytes;
@@ -156,9 +158,7 @@ async fn infer(
             Json(translator.whole(&json)).into_response()
         }
     };
-    if let Ok(value) = HeaderValue::try_from(node.as_ref()) {
-        response.headers_mut().insert(NODE_HEADER, value);
-    }
+    fronts::label(response.headers_mut(), &node, &answered_by);
     Ok(response)
 }
 

@@ -17,7 +17,7 @@ use meshgate_transports::TransportError;
 use pin_project_lite::pin_project;
 
 use crate::errors::GatewayError;
-use crate::fronts::{NODE_HEADER, answer};
+use crate::fronts::{self, answer};
 use crate::request::Routed;
 use crate::telemetry::meter::{Meter, StreamTokens, Tokens};
 
@@ -28,6 +28,7 @@ pub async fn relay(
 ) -> Result<Response, GatewayError> {
     let Routed {
         node,
+        model,
         response,
         meter,
         ..
@@ -35,9 +36,7 @@ pub async fn relay(
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::CONTENT_LENGTH);
-    if let Ok(value) = HeaderValue::try_from(node.as_ref()) {
-        parts.headers.insert(NODE_HEADER, value);
-    }
+    fronts::label(&mut parts.headers, &node, &model);
 
     let is_sse = parts
         .headers
