@@ -311,7 +311,10 @@ async fn a_remote_forward_serves_http_and_is_asked_for_again_after_a_reconnect()
     eventually(
         Duration::from_secs(10),
         "the remote listen after the reconnect",
-        async || tunnel.status().state == TunnelState::Listening,
+        async || {
+            let status = tunnel.status();
+            status.listen_requests == 2 && status.state == TunnelState::Listening
+        },
     )
     .await;
     let answer = http_post(listen, "hello again").await.unwrap();
@@ -565,6 +568,46 @@ async fn a_remote_forwarded_connection_in_flight_is_reset_when_the_link_dies() {
             .unwrap_or_default()
             .contains("lost mid-transfer")
     );
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_does_not_stall_the_other_connections() {
+    // Sends 8 MiB to each client at once, whether or not it reads.
+    let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server_port = server.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = server.accept().await {
+            tokio::spawn(async move {
+                let _ = s.write_all(&vec![b'z'; 8 << 20]).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    let sshd = TestSshd::start(SshdOptions::default()).await;
+    let tunnel = Tunnel::start(
+        sshd.session(),
+        local("bulk", "127.0.0.1:0", &format!("127.0.0.1:{server_port}")),
+    )
+    .await
+    .unwrap();
+    let port = tunnel.status().listen_port.unwrap();
+    // Never read (until the end): its data piles up on the way.
+    let mut stalled = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The same connection carries these; russh would stop reading it for everyone
+    // once the stalled channel's queue is full.
+    for _ in 0..3 {
+        let mut other = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let mut all = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), other.read_to_end(&mut all))
+            .await
+            .expect("another connection must not wait for the stalled one")
+            .unwrap();
+        assert_eq!(all.len(), 8 << 20);
+    }
+    let mut all = Vec::new();
+    stalled.read_to_end(&mut all).await.unwrap();
+    assert_eq!(all.len(), 8 << 20);
 }
 
 #[tokio::test]
