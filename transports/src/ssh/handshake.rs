@@ -178,6 +178,13 @@ fn russh_config(target: &SshTarget, options: &HandshakeOptions) -> client::Confi
                 .unwrap_or(options.keepalive_interval),
         ),
         keepalive_max: target.server_alive_count_max.max(1) as usize,
+        // russh re-opens a channel's window as data arrives, not as it is read, so a
+        // channel whose reader pauses fills this queue (in packets of up to 32 KiB) and
+        // then stalls the whole connection. 100 (the default, ~3 MiB) deadlocked
+        // pg_basebackup through a tunnel: it reads the base backup only after its WAL
+        // stream, a second channel, has started. The queue grows only while a reader
+        // lags; at most ~32 MiB per channel.
+        channel_buffer_size: 1024,
         preferred: Preferred {
             key: key.into(),
             ..Preferred::DEFAULT

@@ -53,6 +53,8 @@ impl Drop for TempDir {
 #[derive(Debug, Clone)]
 pub struct SshdOptions {
     /// Lines appended to sshd_config (e.g. `SetEnv BASH_ENV=/path/rc`, `MaxSessions 4`).
+    /// A keyword given here replaces the harness's own default for it (sshd takes the
+    /// first value it reads), e.g. `AllowTcpForwarding no`.
     pub sshd_config: Vec<String>,
     /// Lines appended to the client's `Host node` block (e.g. `ProxyJump jump`).
     pub client_config: Vec<String>,
@@ -120,10 +122,17 @@ impl TestSshd {
             setenv.push(format!("HOME={}", home.display()));
         }
 
+        let keyword = |line: &str| {
+            line.split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase()
+        };
+        let overridden: Vec<String> = extra.iter().map(|l| keyword(l)).collect();
         for _ in 0..10 {
             let port = free_port();
             let config = d.join("sshd_config");
-            let mut text = format!(
+            let defaults = format!(
                 "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nPidFile {pid}\nAuthorizedKeysFile {ak}\n\
                  UsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nStrictModes no\n\
                  PermitRootLogin prohibit-password\nAllowTcpForwarding yes\nLogLevel VERBOSE\n",
@@ -131,6 +140,11 @@ impl TestSshd {
                 pid = d.join("sshd.pid").display(),
                 ak = d.join("authorized_keys").display(),
             );
+            let mut text: String = defaults
+                .lines()
+                .filter(|l| !overridden.contains(&keyword(l)))
+                .map(|l| format!("{l}\n"))
+                .collect();
             if !setenv.is_empty() {
                 text.push_str(&format!("SetEnv {}\n", setenv.join(" ")));
             }

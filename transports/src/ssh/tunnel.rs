@@ -707,7 +707,9 @@ async fn finish(
             conn.clean();
             tracing::debug!(forward = %name, %peer, bytes_out = out, bytes_in = r#in, "connection done");
         }
-        Err(e) if link.is_lost() => {
+        // ChannelIo says ConnectionAborted when the connection vanished under it, which
+        // may be a moment before the link watch sees it.
+        Err(e) if link.is_lost() || e.kind() == io::ErrorKind::ConnectionAborted => {
             tracing::warn!(forward = %name, %peer, "ssh connection lost mid-transfer; connection reset");
             inner.error(format!(
                 "forward `{name}`: ssh connection to {} lost mid-transfer; connection reset ({e})",
