@@ -984,7 +984,10 @@ mod tests {
                 "nodes[0].name",
             ),
             ("[server]\nmax_hops = 0\n".into(), "server.max_hops"),
-            ("[[models]]\nname = \"chat\"\nuse = []\n".into(), "models[0].use"),
+            (
+                "[[models]]\nname = \"chat\"\nuse = []\n".into(),
+                "models[0].use",
+            ),
             (
                 "[[models]]\nname = \"chat\"\nuse = [\"a\"]\nfallback = [\"chat\"]\n".into(),
                 "models[0].fallback",

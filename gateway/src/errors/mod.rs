@@ -56,7 +56,10 @@ pub enum GatewayError {
     /// Every node that could serve the model answered 429 (or 503 with Retry-After)
     /// and asked for a pause longer than meshgate waits.
     #[error("every node that serves `{model}` asked to wait; try again in {:.1}s", retry_after.as_secs_f64())]
-    NodesPaused { model: String, retry_after: Duration },
+    NodesPaused {
+        model: String,
+        retry_after: Duration,
+    },
     /// Failover was tried and every attempt failed: the last failure, and how many.
     #[error("{last} (after {attempts} attempts on different nodes)")]
     GaveUp {

@@ -31,9 +31,9 @@ pub use discovery::{Found, Probe, probe};
 pub use plan::{Plan, SessionPool, ssh_config_path};
 
 use crate::config::{BreakerConfig, Config, NodeConfig, RoutingConfig, Timeouts, TransportKind};
-use groups::Groups;
 use breaker::{Admission, Breaker, State as BreakerState};
 use ewma::PeakEwma;
+use groups::Groups;
 
 /// Whether discovery could talk to the node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -463,7 +463,10 @@ impl Node {
                 let now = Instant::now();
                 if let Some(wait) = self.cooling_for(now) {
                     return Health::Degraded {
-                        reason: format!("asked to wait (429/Retry-After): {:.1}s left", wait.as_secs_f64()),
+                        reason: format!(
+                            "asked to wait (429/Retry-After): {:.1}s left",
+                            wait.as_secs_f64()
+                        ),
                     };
                 }
                 let models = lock(&self.model_breakers);
@@ -471,7 +474,11 @@ impl Node {
                     .iter()
                     .filter(|(_, b)| !matches!(b.state(), BreakerState::Closed))
                     .map(|(m, b)| {
-                        format!("model `{m}` after {} failures, last: {}", b.consecutive_failures(), b.last_failure().unwrap_or("unknown error"))
+                        format!(
+                            "model `{m}` after {} failures, last: {}",
+                            b.consecutive_failures(),
+                            b.last_failure().unwrap_or("unknown error")
+                        )
                     })
                     .collect();
                 if refused.is_empty() {
@@ -928,9 +935,9 @@ impl Nodes {
         let listed: Vec<String> = groups
             .names()
             .filter(|g| {
-                groups
-                    .get(g)
-                    .is_some_and(|group| group.stages.iter().flatten().any(|m| online.contains(&**m)))
+                groups.get(g).is_some_and(|group| {
+                    group.stages.iter().flatten().any(|m| online.contains(&**m))
+                })
             })
             .map(str::to_owned)
             .collect();

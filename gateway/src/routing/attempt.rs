@@ -196,7 +196,11 @@ async fn send(
 /// A `Retry-After` in seconds (the form model servers and proxies send); an HTTP date is
 /// taken as "a while" (one second) rather than parsed.
 fn retry_after(headers: &http::HeaderMap) -> Option<std::time::Duration> {
-    let value = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let value = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
     match value.parse::<f64>() {
         Ok(secs) if secs.is_finite() && secs >= 0.0 => {
             Some(std::time::Duration::from_secs_f64(secs.min(86_400.0)))

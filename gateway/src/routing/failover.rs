@@ -105,6 +105,18 @@ impl Failover {
             .cooling_for(Instant::now())
     }
 
+    /// Whether `node` could take `model` again after `pause`.
+    fn would_take_it_after(&self, node: &str, model: &str, pause: Duration) -> bool {
+        let Some(nodes) = &self.nodes else {
+            return true;
+        };
+        let list = nodes.list();
+        let later = Instant::now() + pause + Duration::from_millis(1);
+        list.iter()
+            .find(|n| &*n.name == node)
+            .is_some_and(|n| n.eligible_for(later, model))
+    }
+
     fn finish(&self, result: &mut Result<Routed, GatewayError>, gave_up: bool) {
         let failed_over = gave_up && self.attempts > 1;
         match result {
@@ -209,13 +221,19 @@ impl Policy<GatewayRequest, Routed, GatewayError> for Failover {
         // No other node: a short pause the node asked for, or one after its 500, and
         // the same node again; anything else goes back to the client.
         let status = result.as_ref().ok().map(|r| r.response.status());
+        let model = result.as_ref().map_or_else(
+            |_| Arc::from(request.model.as_str()),
+            |r| Arc::clone(&r.model),
+        );
         let pause = match (self.cooling(&node), status) {
             (Some(wait), _) if wait <= self.max_retry_after => Some(wait),
             (None, Some(StatusCode::INTERNAL_SERVER_ERROR)) if self.attempts == 1 => {
                 Some(PAUSE_AFTER_500)
             }
             _ => None,
-        };
+        }
+        // Say its breaker just opened: its own answer beats "no node available".
+        .filter(|pause| self.would_take_it_after(&node, &model, *pause));
         match pause {
             Some(pause) => {
                 tracing::info!(node = %node, pause_ms = pause.as_millis() as u64, "asking the node again after a pause");
