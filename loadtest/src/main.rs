@@ -80,6 +80,11 @@ struct Args {
     #[arg(long)]
     stall: bool,
 
+    /// The node's context window in prompt tokens: longer chat prompts get llama.cpp's
+    /// "exceeds the available context size" 400.
+    #[arg(long)]
+    context_tokens: Option<u32>,
+
     /// Seed for --error-rate.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -125,6 +130,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         error_rate: args.error_rate,
         drop_after: args.drop_after,
         stall: args.stall,
+        context_tokens: args.context_tokens,
+        ..Faults::default()
     };
     let mut nodes = Vec::with_capacity(args.count.into());
     let mut stdout = std::io::stdout();
