@@ -156,7 +156,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             tokens: args.tokens,
             embedding_dim: args.embedding_dim as usize,
             seed: args.seed.wrapping_add(i.into()),
-            faults,
+            faults: faults.clone(),
         };
         let addr = SocketAddr::new(args.host, port);
         let sim = Sim::start_on(addr, cfg)
