@@ -251,6 +251,11 @@ pub struct RoutingConfig {
     pub queue_timeout: Duration,
     /// ... and how many requests may wait per node.
     pub queue_depth: usize,
+    /// Prompt-cache affinity: turns of one conversation go to the node that served it
+    /// before (its KV cache holds the prefix), while it is healthy and not overloaded.
+    pub affinity: bool,
+    /// ... where overloaded is more than (1 + this) x the tier's mean requests in flight.
+    pub affinity_slack: f64,
 }
 
 impl Default for RoutingConfig {
@@ -260,6 +265,8 @@ impl Default for RoutingConfig {
             default_ttft: Duration::from_millis(500),
             queue_timeout: Duration::from_secs(2),
             queue_depth: 32,
+            affinity: true,
+            affinity_slack: 0.25,
         }
     }
 }
@@ -580,6 +587,12 @@ impl Config {
         }
         if self.breaker.failures == 0 {
             return Err(invalid("breaker.failures".into(), "must be at least 1"));
+        }
+        if !(0.0..=10.0).contains(&self.routing.affinity_slack) {
+            return Err(invalid(
+                "routing.affinity_slack".into(),
+                "must be between 0 and 10",
+            ));
         }
         if self.routing.ewma_decay.is_zero() {
             return Err(invalid(

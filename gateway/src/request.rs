@@ -29,6 +29,9 @@ pub struct Inbound {
     pub caller: Option<Caller>,
     /// When the request reached meshgate, if the edge noted it.
     pub arrived: Option<Instant>,
+    /// The conversation, for prompt-cache affinity: the client's `x-session-id` here;
+    /// a front may set a better key from the body ([`Inbound::with_conversation`]).
+    pub conversation: Option<u64>,
 }
 
 impl Inbound {
@@ -47,8 +50,42 @@ impl Inbound {
             headers,
             caller: extensions.get::<Caller>().cloned(),
             arrived: extensions.get::<Arrived>().map(|a| a.0),
+            conversation: client_headers
+                .get("x-session-id")
+                .map(|v| conversation_key([v.as_bytes()])),
         }
     }
+
+    /// The conversation a request belongs to: the client's own key (`prompt_cache_key`,
+    /// `user`) if it gave one, else its `x-session-id`, else the conversation's stable
+    /// prefix (its first messages: the system prompt and the first turn), hashed. Only a
+    /// hash is kept: a key of any length or content is never logged or a label.
+    pub fn with_conversation<'a>(
+        mut self,
+        explicit: Option<&str>,
+        prefix: impl IntoIterator<Item = &'a str>,
+    ) -> Self {
+        self.conversation = match explicit {
+            Some(key) => Some(conversation_key([key.as_bytes()])),
+            None => self
+                .conversation
+                .or_else(|| Some(conversation_key(prefix.into_iter().map(str::as_bytes)))),
+        };
+        self
+    }
+}
+
+/// A stable hash (the same in every process and release: SipHash with fixed keys) of
+/// the parts, each length-delimited.
+fn conversation_key<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+    use std::hash::Hasher;
+    #[allow(deprecated)] // SipHasher: fixed, documented algorithm; DefaultHasher may change.
+    let mut hasher = std::hash::SipHasher::new();
+    for part in parts {
+        hasher.write_usize(part.len());
+        hasher.write(part);
+    }
+    hasher.finish()
 }
 
 #[derive(Debug, Clone)]
@@ -76,6 +113,8 @@ pub struct GatewayRequest {
     pub context_fallback: bool,
     /// The request's record (opened by the observe layer; attempts add to it).
     pub meter: Meter,
+    /// Which conversation it continues (prompt-cache affinity; balance reads it).
+    pub conversation: Option<u64>,
 }
 
 impl GatewayRequest {
@@ -96,6 +135,7 @@ impl GatewayRequest {
             headers,
             caller,
             arrived,
+            conversation,
         } = inbound;
         Ok(Self {
             operation,
@@ -109,6 +149,7 @@ impl GatewayRequest {
             avoid: Vec::new(),
             context_fallback: false,
             meter: Meter::default(),
+            conversation,
         })
     }
 }

@@ -48,8 +48,9 @@ async fn a_group_balances_its_models_as_one_pool_and_is_listed() {
     let gw = gateway(config).await;
 
     let mut seen = std::collections::HashSet::new();
-    for _ in 0..40 {
-        let reply = chat(&gw, "chat").await;
+    for c in 0..40 {
+        // Different conversations (the same one would stay on one node).
+        let reply = post(&gw.url("/v1/chat/completions"), turn("chat", c, 0, false)).await;
         assert_eq!(reply.status, StatusCode::OK);
         // The node was asked for its own model, and the answer says which.
         let model = model_of(&reply);
@@ -370,4 +371,98 @@ async fn clean_aliases_for_what_a_node_reports() {
     chat(&gw, "future")
         .await
         .assert_error(StatusCode::SERVICE_UNAVAILABLE, "no_node_available");
+}
+
+/// Turn `turn` (0-based) of conversation `c`: the same system prompt and first user
+/// message every turn, then the turns so far.
+fn turn(model: &str, c: usize, turn: usize, stream: bool) -> String {
+    let mut messages = vec![
+        serde_json::json!({"role": "system", "content": format!("You are assistant number {c}, with a long system prompt.")}),
+        serde_json::json!({"role": "user", "content": format!("Conversation {c} starts here.")}),
+    ];
+    for t in 0..turn {
+        messages.push(serde_json::json!({"role": "assistant", "content": format!("answer {t}")}));
+        messages.push(serde_json::json!({"role": "user", "content": format!("follow-up {t}")}));
+    }
+    serde_json::json!({"model": model, "messages": messages, "stream": stream}).to_string()
+}
+
+async fn three_cached(names: [&str; 3], token_delay: Duration) -> Vec<Sim> {
+    let mut sims = Vec::new();
+    for name in names {
+        sims.push(
+            Sim::start(SimConfig {
+                name: name.into(),
+                ttft: Duration::from_millis(20),
+                cached_ttft: Some(Duration::from_millis(1)),
+                token_delay,
+                tokens: 4,
+                ..SimConfig::default()
+            })
+            .await
+            .unwrap(),
+        );
+    }
+    sims
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turns_of_a_conversation_stay_on_its_node_and_a_removed_node_moves_only_its_own() {
+    let sims = three_cached(["a", "b", "c"], Duration::ZERO).await;
+    let all = [("a", &sims[0]), ("b", &sims[1]), ("c", &sims[2])];
+    let gw = gateway(nodes(&all)).await;
+    let url = gw.url("/v1/chat/completions");
+    let mut home = Vec::new();
+    for c in 0..30 {
+        let mut served = std::collections::HashSet::new();
+        for t in 0..3 {
+            let reply = post(&url, turn("llama3.2", c, t, false)).await;
+            assert_eq!(reply.status, StatusCode::OK);
+            served.insert(served_by(&reply).to_owned());
+        }
+        assert_eq!(served.len(), 1, "conversation {c} moved: {served:?}");
+        home.push(served.into_iter().next().unwrap());
+    }
+    let spread: std::collections::HashSet<&String> = home.iter().collect();
+    assert_eq!(spread.len(), 3, "conversations all on one node: {home:?}");
+
+    // Node c leaves: only its conversations move.
+    gw.handle.reload(&nodes(&all[..2])).await.unwrap();
+    for (c, was) in home.iter().enumerate() {
+        let now = served_by(&post(&url, turn("llama3.2", c, 3, false)).await).to_owned();
+        if was != "c" {
+            assert_eq!(&now, was, "conversation {c} moved though its node stayed");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_node_sheds_its_conversations_and_affinity_can_be_turned_off() {
+    let sims = three_cached(["a", "b", "c"], Duration::from_millis(30)).await;
+    let all = [("a", &sims[0]), ("b", &sims[1]), ("c", &sims[2])];
+    let gw = gateway(nodes(&all)).await;
+    let url = gw.url("/v1/chat/completions");
+    let home = served_by(&post(&url, turn("llama3.2", 7, 0, false)).await).to_owned();
+    // Two turns of the same conversation at once: the second does not pile onto the
+    // first's node (over (1 + slack) x the mean in flight), it goes to another.
+    let first = EventStream::open(&url, turn("llama3.2", 7, 1, true)).await;
+    let second = EventStream::open(&url, turn("llama3.2", 7, 1, true)).await;
+    assert_eq!(first.headers["x-meshgate-node"], home.as_str());
+    assert_ne!(second.headers["x-meshgate-node"], home.as_str());
+    drop((first, second));
+    wait_until(|| gw.nodes.list().iter().all(|n| n.in_flight() == 0)).await;
+    assert_eq!(
+        served_by(&post(&url, turn("llama3.2", 7, 2, false)).await),
+        home
+    );
+
+    // Off: the same conversation is spread by load alone.
+    let mut off = nodes(&all);
+    off.routing.affinity = false;
+    gw.handle.reload(&off).await.unwrap();
+    let mut served = std::collections::HashSet::new();
+    for t in 0..30 {
+        served.insert(served_by(&post(&url, turn("llama3.2", 7, t, false)).await).to_owned());
+    }
+    assert!(served.len() > 1, "{served:?}");
 }

@@ -57,6 +57,10 @@ pub struct SimConfig {
     pub embedding_dim: usize,
     /// Seeds the `error_rate` draws.
     pub seed: u64,
+    /// A prompt cache: a chat whose conversation prefix (its first two messages) this
+    /// node served recently (the last 256) starts after this time to first token
+    /// instead of `ttft` — like llama.cpp, Ollama and vLLM reusing the prefix's KV cache.
+    pub cached_ttft: Option<Duration>,
     pub faults: Faults,
 }
 
@@ -71,6 +75,7 @@ impl Default for SimConfig {
             tokens: 16,
             embedding_dim: 8,
             seed: 0,
+            cached_ttft: None,
             faults: Faults::default(),
         }
     }

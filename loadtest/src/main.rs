@@ -85,6 +85,11 @@ struct Args {
     #[arg(long)]
     context_tokens: Option<u32>,
 
+    /// A prompt cache: a chat whose first two messages this node served lately starts
+    /// after this many milliseconds instead of --ttft-ms.
+    #[arg(long)]
+    cached_ttft_ms: Option<u64>,
+
     /// Seed for --error-rate.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -156,6 +161,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             tokens: args.tokens,
             embedding_dim: args.embedding_dim as usize,
             seed: args.seed.wrapping_add(i.into()),
+            cached_ttft: args.cached_ttft_ms.map(Duration::from_millis),
             faults: faults.clone(),
         };
         let addr = SocketAddr::new(args.host, port);

@@ -38,7 +38,13 @@ pub(crate) struct Node {
     seq: AtomicU64,
     counters: Arc<Counters>,
     knobs: Mutex<Knobs>,
+    cached_ttft: Option<Duration>,
+    /// Conversation prefixes served lately, newest last (the prompt cache).
+    prefixes: Mutex<std::collections::VecDeque<u64>>,
 }
+
+/// Prefixes the prompt cache remembers.
+const CACHED_PREFIXES: usize = 256;
 
 /// Runtime-settable behaviour, read once per request under one lock.
 #[derive(Clone)]
@@ -60,6 +66,8 @@ impl Node {
             seed: cfg.seed,
             seq: AtomicU64::new(0),
             counters: Arc::default(),
+            cached_ttft: cfg.cached_ttft,
+            prefixes: Mutex::default(),
             knobs: Mutex::new(Knobs {
                 faults: cfg.faults,
                 latency: Latency {
@@ -121,6 +129,23 @@ impl Node {
         } else {
             Err(ApiError::ModelNotFound(model.to_owned()))
         }
+    }
+
+    /// The prompt cache: whether this node served the conversation prefix `prefix`
+    /// lately (then its time to first token is the cached one); remembers it either way.
+    pub(crate) fn with_prompt_cache(&self, prefix: u64, mut ctx: Ctx) -> Ctx {
+        let Some(cached) = self.cached_ttft else {
+            return ctx;
+        };
+        let mut prefixes = self.prefixes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = prefixes.iter().position(|p| *p == prefix) {
+            prefixes.remove(i);
+            ctx.latency.ttft = cached;
+        } else if prefixes.len() == CACHED_PREFIXES {
+            prefixes.pop_front();
+        }
+        prefixes.push_back(prefix);
+        ctx
     }
 
     /// Counts the request and applies faults. On `Err` the request is answered already.

@@ -173,6 +173,11 @@ async fn embed_reply(node: &Node, req: EmbedRequest, ctx: Ctx) -> Result<Reply, 
 
 async fn chat_reply(node: &Node, req: ChatRequest, ctx: Ctx) -> Result<Reply, ApiError> {
     node.check_model(&req.model)?;
+    let mut prefix = crate::content::Prompt::default();
+    for message in req.messages.iter().take(2) {
+        prefix.push(&message.content);
+    }
+    let ctx = node.with_prompt_cache(prefix.hash(), ctx);
     let created_at = rfc3339(unix_time());
     let line = |content: &str, stats: Option<DoneStats>| ChatResponse {
         model: req.model.clone(),

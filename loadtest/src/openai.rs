@@ -118,6 +118,17 @@ fn token_limit(
 
 async fn chat(node: &Node, req: ChatCompletionRequest, ctx: Ctx) -> Result<Reply, ApiError> {
     node.check_model(&req.model)?;
+    let mut prefix = Prompt::default();
+    for message in req.messages.iter().take(2) {
+        prefix.push(
+            &message
+                .content
+                .as_ref()
+                .map(|c| c.text())
+                .unwrap_or_default(),
+        );
+    }
+    let ctx = node.with_prompt_cache(prefix.hash(), ctx);
     if req.messages.is_empty() {
         return Err(ApiError::bad_request(
             "messages: at least one message is required",

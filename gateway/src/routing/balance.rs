@@ -33,6 +33,16 @@ pub struct Balance<S> {
     /// When the only nodes for a model asked for a pause (their 429): how long a
     /// request may wait it out.
     max_retry_after: Duration,
+    /// Prompt-cache affinity: `Some(slack)` when on.
+    affinity: Option<f64>,
+}
+
+/// How a tier chooses among its candidates: by load (P2C), or a conversation's node
+/// first (rendezvous hashing, bounded by load).
+#[derive(Clone, Copy)]
+struct Choice {
+    conversation: Option<u64>,
+    slack: f64,
 }
 
 /// What may answer a request, in order: a plain model is one stage of itself; a group
@@ -62,6 +72,7 @@ impl<S> Balance<S> {
             queue_timeout: routing.queue_timeout,
             queue_depth: routing.queue_depth,
             max_retry_after: Duration::ZERO,
+            affinity: routing.affinity.then_some(routing.affinity_slack),
         }
     }
 
@@ -146,8 +157,12 @@ impl<S> Balance<S> {
         } else {
             &passes[..]
         };
+        let choice = Choice {
+            conversation: self.affinity.and(request.conversation),
+            slack: self.affinity.unwrap_or_default(),
+        };
         let leased = passes.iter().find_map(|allowed| {
-            stages.for_each(|stage| lease_in_stage(&index, stage, now, allowed))
+            stages.for_each(|stage| lease_in_stage(&index, stage, now, allowed, choice))
         });
         if let Some(lease) = leased {
             return Ok(Ok(lease));
@@ -203,12 +218,13 @@ fn lease_in_stage(
     stage: &[&str],
     now: Instant,
     allowed: &dyn Fn(&Node) -> bool,
+    choice: Choice,
 ) -> Option<Lease> {
     if let [model] = stage {
         let tiers = index.tiers(model)?;
         return tiers
             .iter()
-            .find_map(|tier| pick(tier, model, now, allowed));
+            .find_map(|tier| pick(tier, model, now, allowed, choice));
     }
     let mut pool: Vec<(&Arc<Node>, &str)> = Vec::new();
     for model in stage {
@@ -226,7 +242,7 @@ fn lease_in_stage(
                 .filter(|(n, m)| allowed(n) && n.eligible_for(now, m) && n.has_free_slot())
                 .map(|(n, m)| (*n, *m))
                 .collect();
-            lease_best(candidates, now)
+            lease_best(candidates, now, choice)
         })
 }
 
@@ -236,23 +252,36 @@ fn pick(
     model: &str,
     now: Instant,
     allowed: &dyn Fn(&Node) -> bool,
+    choice: Choice,
 ) -> Option<Lease> {
-    if let Some(lease) = pick_sampled(tier, model, now, allowed) {
-        return Some(lease);
+    if choice.conversation.is_none() {
+        if let Some(lease) = pick_sampled(tier, model, now, allowed) {
+            return Some(lease);
+        }
     }
     let candidates = tier
         .iter()
         .filter(|n| allowed(n) && n.eligible_for(now, model) && n.has_free_slot())
         .map(|n| (n, model))
         .collect();
-    lease_best(candidates, now)
+    lease_best(candidates, now, choice)
 }
 
-/// P2C over (node, model) candidates, those with their model warm first; a lost race
-/// for a node's last slot or its probe tries the others.
-fn lease_best(mut candidates: Vec<(&Arc<Node>, &str)>, now: Instant) -> Option<Lease> {
+/// Among (node, model) candidates, those with their model warm first: the
+/// conversation's node if it has one and is not overloaded, else P2C. A lost race for
+/// a node's last slot or its probe tries the others.
+fn lease_best(
+    mut candidates: Vec<(&Arc<Node>, &str)>,
+    now: Instant,
+    choice: Choice,
+) -> Option<Lease> {
     if candidates.iter().any(|(n, m)| n.is_warm(m)) {
         candidates.retain(|(n, m)| n.is_warm(m));
+    }
+    if let Some(conversation) = choice.conversation {
+        if let Some(lease) = lease_affine(&mut candidates, now, conversation, choice.slack) {
+            return Some(lease);
+        }
     }
     while let Some(i) = p2c(&candidates, now) {
         let (node, model) = candidates[i];
@@ -260,6 +289,41 @@ fn lease_best(mut candidates: Vec<(&Arc<Node>, &str)>, now: Instant) -> Option<L
             return Some(lease);
         }
         candidates.swap_remove(i);
+    }
+    None
+}
+
+/// Prompt-cache affinity by rendezvous hashing with bounded loads: each conversation
+/// ranks the candidates by hash(conversation, node) and takes the first whose requests
+/// in flight stay within (1 + slack) x the tier's mean (counting this one). Adding or
+/// removing a node moves only the conversations that rank it first (about 1/N), and a
+/// hot node sheds its conversations to their next-ranked node instead of queueing them.
+fn lease_affine(
+    candidates: &mut Vec<(&Arc<Node>, &str)>,
+    now: Instant,
+    conversation: u64,
+    slack: f64,
+) -> Option<Lease> {
+    let n = candidates.len();
+    if n == 0 {
+        return None;
+    }
+    let total: usize = candidates.iter().map(|(node, _)| node.in_flight()).sum();
+    let cap = ((1.0 + slack) * (total + 1) as f64 / n as f64).ceil() as usize;
+    let rank = |node: &Node| {
+        use std::hash::Hasher;
+        #[allow(deprecated)] // SipHasher: fixed keys, the same ranking in every process.
+        let mut hasher = std::hash::SipHasher::new_with_keys(conversation, 0);
+        hasher.write(node.name.as_bytes());
+        hasher.finish()
+    };
+    candidates.sort_by_cached_key(|(node, _)| std::cmp::Reverse(rank(node)));
+    for (node, model) in candidates.iter() {
+        if node.in_flight() < cap {
+            if let Some(lease) = node.try_lease(now, model) {
+                return Some(lease);
+            }
+        }
     }
     None
 }

@@ -36,8 +36,8 @@ const FAILOVER_STATUSES: [StatusCode; 5] = [
     StatusCode::TOO_MANY_REQUESTS,
 ];
 
-/// Before asking the only node again after its 500.
-const PAUSE_AFTER_500: Duration = Duration::from_millis(250);
+/// Before asking the only node again after it failed.
+const PAUSE_AGAIN: Duration = Duration::from_millis(250);
 
 #[derive(Clone)]
 pub struct Failover {
@@ -81,13 +81,20 @@ impl Failover {
         self
     }
 
-    fn another_node_could_serve(&self, request: &GatewayRequest) -> bool {
+    /// Whether a node other than `failed` (and those the request avoids) could take it.
+    fn another_node_could_serve(
+        &self,
+        request: &GatewayRequest,
+        failed: Option<&Arc<str>>,
+    ) -> bool {
         self.nodes.as_ref().is_none_or(|nodes| {
             let model = match self.context_model(request) {
                 Some(context) if request.context_fallback => context,
                 _ => Arc::from(request.model.as_str()),
             };
-            nodes.any_eligible(&model, &request.avoid)
+            let mut except = request.avoid.clone();
+            except.extend(failed.cloned());
+            nodes.any_eligible(&model, &except)
         })
     }
 
@@ -206,7 +213,7 @@ impl Policy<GatewayRequest, Routed, GatewayError> for Failover {
         if let Next::Context(model) = &next {
             tracing::info!(node = %routed_node(result), to = %model, "context exceeded: trying the context fallback");
             request.context_fallback = true;
-            if self.another_node_could_serve(request) {
+            if self.another_node_could_serve(request, None) {
                 return Some(Box::pin(std::future::ready(())));
             }
             request.context_fallback = false;
@@ -214,23 +221,22 @@ impl Policy<GatewayRequest, Routed, GatewayError> for Failover {
             return None;
         }
         request.tried.push(Arc::clone(&node));
-        if self.another_node_could_serve(request) {
+        if self.another_node_could_serve(request, Some(&node)) {
             tracing::info!(node = %node, attempt = self.attempts, "failing over to another node");
             return Some(Box::pin(std::future::ready(())));
         }
-        // No other node: a short pause the node asked for, or one after its 500, and
-        // the same node again; anything else goes back to the client.
-        let status = result.as_ref().ok().map(|r| r.response.status());
+        // No other node: a short pause the node asked for, or a breath after its
+        // failure, and the same node again; anything else goes back to the client.
         let model = result.as_ref().map_or_else(
             |_| Arc::from(request.model.as_str()),
             |r| Arc::clone(&r.model),
         );
-        let pause = match (self.cooling(&node), status) {
-            (Some(wait), _) if wait <= self.max_retry_after => Some(wait),
-            (None, Some(StatusCode::INTERNAL_SERVER_ERROR)) if self.attempts == 1 => {
-                Some(PAUSE_AFTER_500)
-            }
-            _ => None,
+        let pause = match self.cooling(&node) {
+            Some(wait) if wait <= self.max_retry_after => Some(wait),
+            Some(_) => None,
+            // A 5xx or a failed connection from the only node: once more, after a breath.
+            None if self.attempts == 1 && !request.avoid.contains(&node) => Some(PAUSE_AGAIN),
+            None => None,
         }
         // Say its breaker just opened: its own answer beats "no node available".
         .filter(|pause| self.would_take_it_after(&node, &model, *pause));

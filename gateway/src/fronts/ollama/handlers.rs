@@ -40,6 +40,8 @@ pub async fn chat(
 ) -> Result<Response, OllamaError> {
     // Ollama streams unless told not to.
     let stream = value.stream.unwrap_or(true);
+    let prefix = value.messages.iter().take(2).map(|m| m.content.as_str());
+    let inbound = inbound.with_conversation(None, prefix);
     infer(
         app,
         Operation::OllamaChat,

@@ -24,6 +24,14 @@ pub async fn chat_completions(
     Checked { value, raw }: Checked<ChatCompletionRequest>,
 ) -> Result<Response, GatewayError> {
     let stream = value.stream.unwrap_or(false);
+    let explicit = value.prompt_cache_key.as_deref().or(value.user.as_deref());
+    let prefix: Vec<String> = value
+        .messages
+        .iter()
+        .take(2)
+        .map(|m| m.content.as_ref().map(|c| c.text()).unwrap_or_default())
+        .collect();
+    let inbound = inbound.with_conversation(explicit, prefix.iter().map(String::as_str));
     let request = GatewayRequest::new(
         Operation::ChatCompletions,
         value.model,
