@@ -949,6 +949,8 @@ mod tests {
         let with_forward = Config::parse(&format!("{text}\n{}", commented("forwards"))).unwrap();
         assert_eq!(with_forward.forwards[0].name, "aurora-db");
         assert_eq!(with_forward.forwards[0].direction, ForwardDirection::Local);
+        let with_group = Config::parse(&format!("{text}\n{}", commented("models"))).unwrap();
+        assert_eq!(with_group.models[0].fallback, ["llama3.2"]);
         // The first commented [[nodes]] table is the Host pattern.
         let with_pattern = Config::parse(&format!("{text}\n{}", commented("nodes"))).unwrap();
         assert_eq!(

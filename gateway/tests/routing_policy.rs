@@ -364,13 +364,36 @@ async fn clean_aliases_for_what_a_node_reports() {
     let ids = get(&gw.url("/v1/models")).await.json()["data"].to_string();
     assert!(ids.contains("\"smollm2\""), "{ids}");
 
-    // A group whose models no node serves yet is valid: unavailable, not unknown.
+    // A group whose models no node serves yet is valid: unavailable, not unknown, and
+    // /status says so; a served group says what answers it now.
     let mut config = config_for(&[("file", file.url())]);
-    config.models = vec![group("future", &["not-pulled-yet"], &[], None)];
+    config.nodes[0].aliases = [(
+        "smollm2".to_string(),
+        "/models/SmolLM2-360M-Instruct-Q8_0.gguf".to_string(),
+    )]
+    .into();
+    config.models = vec![
+        group("future", &["not-pulled-yet"], &[], None),
+        group("small", &["smollm2"], &[], None),
+    ];
     gw.handle.reload(&config).await.unwrap();
     chat(&gw, "future")
         .await
         .assert_error(StatusCode::SERVICE_UNAVAILABLE, "no_node_available");
+    let status = get(&gw.url("/status.json")).await.json();
+    let route = |name: &str| {
+        status["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["model"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+    };
+    assert_eq!(route("future")["node"], serde_json::Value::Null);
+    assert_eq!(route("future")["group"], true);
+    assert_eq!(route("small")["node"], "file");
+    assert_eq!(route("small")["served_as"], "smollm2");
 }
 
 /// Turn `turn` (0-based) of conversation `c`: the same system prompt and first user

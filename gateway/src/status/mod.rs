@@ -125,6 +125,9 @@ pub struct Status {
 #[derive(Debug, Serialize)]
 pub struct ModelRoute {
     pub model: String,
+    /// A `[[models]]` group: `served_as` names the member or fallback answering now.
+    pub group: bool,
+    pub served_as: Option<String>,
     /// `None`: no node serving it is online.
     pub node: Option<String>,
     pub tier: Option<u32>,
@@ -223,17 +226,64 @@ fn model_routes(nodes: &Nodes, now: Instant) -> Vec<ModelRoute> {
         .map(|(model, tiers)| {
             let best = tiers.iter().find_map(|tier| {
                 tier.iter()
-                    .filter(|n| n.eligible(now))
+                    .filter(|n| n.eligible_for(now, model))
                     .min_by(|a, b| a.load(now).total_cmp(&b.load(now)))
             });
             ModelRoute {
                 model: model.to_owned(),
+                group: false,
+                served_as: best.map(|_| model.to_owned()),
                 node: best.map(|n| n.name.to_string()),
                 tier: best.map(|n| n.priority),
                 nodes: tiers.iter().map(Vec::len).sum(),
             }
         })
         .collect();
+    // A group: the first stage (pool, then fallbacks) with a node that can answer.
+    let groups = nodes.groups();
+    for name in groups.names() {
+        let Some(group) = groups.get(name) else {
+            continue;
+        };
+        let mut route = ModelRoute {
+            model: name.to_owned(),
+            group: true,
+            served_as: None,
+            node: None,
+            tier: None,
+            nodes: 0,
+        };
+        for stage in &group.stages {
+            for member in stage {
+                route.nodes += index
+                    .tiers(member)
+                    .map_or(0, |t| t.iter().map(Vec::len).sum());
+            }
+            if route.node.is_some() {
+                continue;
+            }
+            let best = stage
+                .iter()
+                .filter_map(|m| {
+                    let tier = index
+                        .tiers(m)?
+                        .iter()
+                        .find(|t| t.iter().any(|n| n.eligible_for(now, m)))?;
+                    let node = tier
+                        .iter()
+                        .filter(|n| n.eligible_for(now, m))
+                        .min_by(|a, b| a.load(now).total_cmp(&b.load(now)))?;
+                    Some((m, node))
+                })
+                .min_by_key(|(_, n)| n.priority);
+            if let Some((member, node)) = best {
+                route.served_as = Some(member.to_string());
+                route.node = Some(node.name.to_string());
+                route.tier = Some(node.priority);
+            }
+        }
+        routes.push(route);
+    }
     routes.sort_by(|a, b| a.model.cmp(&b.model));
     routes
 }
