@@ -73,11 +73,31 @@ fn lease(c: &mut Criterion) {
             Inbound::default(),
         )
         .expect("valid");
-        group.bench_with_input(BenchmarkId::from_parameter(n), &balance, |b, balance| {
+        group.bench_with_input(BenchmarkId::new("load", n), &balance, |b, balance| {
             b.iter(|| {
                 // A free node leases without awaiting anything.
                 let lease = balance
                     .lease(black_box(&request))
+                    .now_or_never()
+                    .expect("ready")
+                    .expect("a node");
+                black_box(lease);
+            });
+        });
+        // Prompt-cache affinity: the conversation's node by rendezvous hashing.
+        let inbound = Inbound::default().with_conversation(Some("conversation-42"), []);
+        let conversation = GatewayRequest::new(
+            Operation::ChatCompletions,
+            "llama3.2".into(),
+            false,
+            Bytes::new(),
+            inbound,
+        )
+        .expect("valid");
+        group.bench_with_input(BenchmarkId::new("affinity", n), &balance, |b, balance| {
+            b.iter(|| {
+                let lease = balance
+                    .lease(black_box(&conversation))
                     .now_or_never()
                     .expect("ready")
                     .expect("a node");
