@@ -78,6 +78,8 @@ pub struct NodeState {
 
 pub struct Node {
     pub name: Arc<str>,
+    /// A stable hash of the name (affinity ranks nodes by it, see `routing::balance`).
+    pub name_hash: u64,
     pub priority: u32,
     pub transport_kind: TransportKind,
     /// Where the node is, for operators (and `server.address` on attempt spans): a URL
@@ -246,6 +248,7 @@ impl Node {
             .as_ref()
             .map(|m| with_aliases(m, config).into());
         Ok(Self {
+            name_hash: stable_hash(config.name.as_bytes()),
             name: config.name.as_str().into(),
             priority: config.priority,
             transport_kind: config.transport,
@@ -638,6 +641,15 @@ impl Node {
             }
         }
     }
+}
+
+/// SipHash with fixed keys: the same value in every process and release.
+fn stable_hash(bytes: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    #[allow(deprecated)] // SipHasher: a fixed, documented algorithm; DefaultHasher may change.
+    let mut hasher = std::hash::SipHasher::new();
+    hasher.write(bytes);
+    hasher.finish()
 }
 
 /// The models a node serves, under their clean aliases too (a client may ask for either).

@@ -254,9 +254,17 @@ fn pick(
     allowed: &dyn Fn(&Node) -> bool,
     choice: Choice,
 ) -> Option<Lease> {
-    if choice.conversation.is_none() {
-        if let Some(lease) = pick_sampled(tier, model, now, allowed) {
-            return Some(lease);
+    match choice.conversation {
+        Some(conversation) => {
+            if let Some(lease) = pick_affine(tier, model, now, allowed, conversation, choice.slack)
+            {
+                return Some(lease);
+            }
+        }
+        None => {
+            if let Some(lease) = pick_sampled(tier, model, now, allowed) {
+                return Some(lease);
+            }
         }
     }
     let candidates = tier
@@ -278,8 +286,18 @@ fn lease_best(
     if candidates.iter().any(|(n, m)| n.is_warm(m)) {
         candidates.retain(|(n, m)| n.is_warm(m));
     }
-    if let Some(conversation) = choice.conversation {
-        if let Some(lease) = lease_affine(&mut candidates, now, conversation, choice.slack) {
+    if let (Some(conversation), false) = (choice.conversation, candidates.is_empty()) {
+        // As in `pick_affine`, over a group's pool (small: every candidate is ranked).
+        let total: usize = candidates.iter().map(|(n, _)| n.in_flight()).sum();
+        let cap =
+            ((1.0 + choice.slack) * (total + 1) as f64 / candidates.len() as f64).ceil() as usize;
+        let mut ranked: Vec<_> = candidates
+            .iter()
+            .filter(|(n, _)| n.in_flight() < cap)
+            .map(|(n, m)| (mix(conversation ^ n.name_hash), *n, *m))
+            .collect();
+        ranked.sort_unstable_by_key(|(rank, _, _)| std::cmp::Reverse(*rank));
+        if let Some(lease) = ranked.iter().find_map(|(_, n, m)| n.try_lease(now, m)) {
             return Some(lease);
         }
     }
@@ -294,38 +312,50 @@ fn lease_best(
 }
 
 /// Prompt-cache affinity by rendezvous hashing with bounded loads: each conversation
-/// ranks the candidates by hash(conversation, node) and takes the first whose requests
-/// in flight stay within (1 + slack) x the tier's mean (counting this one). Adding or
-/// removing a node moves only the conversations that rank it first (about 1/N), and a
-/// hot node sheds its conversations to their next-ranked node instead of queueing them.
-fn lease_affine(
-    candidates: &mut Vec<(&Arc<Node>, &str)>,
+/// ranks the tier's nodes by mix(conversation, node) and takes the best-ranked node that
+/// can take the request and whose requests in flight stay within (1 + slack) x the
+/// tier's mean (counting this one). Adding or removing a node moves only the
+/// conversations that rank it first (about 1/N), and a hot node sheds its conversations
+/// to their next-ranked node instead of queueing them. Ranking is a multiply-xorshift
+/// per node; only the best few are checked (locks), so a 300-node tier stays cheap. When
+/// none of them can take it, the tier chooses by load.
+fn pick_affine(
+    tier: &[Arc<Node>],
+    model: &str,
     now: Instant,
+    allowed: &dyn Fn(&Node) -> bool,
     conversation: u64,
     slack: f64,
 ) -> Option<Lease> {
-    let n = candidates.len();
-    if n == 0 {
-        return None;
-    }
-    let total: usize = candidates.iter().map(|(node, _)| node.in_flight()).sum();
-    let cap = ((1.0 + slack) * (total + 1) as f64 / n as f64).ceil() as usize;
-    let rank = |node: &Node| {
-        use std::hash::Hasher;
-        #[allow(deprecated)] // SipHasher: fixed keys, the same ranking in every process.
-        let mut hasher = std::hash::SipHasher::new_with_keys(conversation, 0);
-        hasher.write(node.name.as_bytes());
-        hasher.finish()
-    };
-    candidates.sort_by_cached_key(|(node, _)| std::cmp::Reverse(rank(node)));
-    for (node, model) in candidates.iter() {
-        if node.in_flight() < cap {
-            if let Some(lease) = node.try_lease(now, model) {
-                return Some(lease);
-            }
+    const BEST: usize = 4;
+    let mut best: [(u64, usize); BEST] = [(0, usize::MAX); BEST];
+    let mut total = 0;
+    for (i, node) in tier.iter().enumerate() {
+        total += node.in_flight();
+        let rank = mix(conversation ^ node.name_hash);
+        if rank >= best[BEST - 1].0 || best[BEST - 1].1 == usize::MAX {
+            let at = best
+                .iter()
+                .position(|(r, j)| *j == usize::MAX || rank > *r)
+                .unwrap_or(BEST - 1);
+            best.copy_within(at..BEST - 1, at + 1);
+            best[at] = (rank, i);
         }
     }
-    None
+    let cap = ((1.0 + slack) * (total + 1) as f64 / tier.len() as f64).ceil() as usize;
+    best.iter()
+        .filter(|(_, i)| *i != usize::MAX)
+        .map(|(_, i)| &tier[*i])
+        .filter(|n| n.in_flight() < cap && allowed(n) && n.has_free_slot())
+        .filter(|n| n.eligible_for(now, model))
+        .find_map(|n| n.try_lease(now, model))
+}
+
+/// splitmix64's finalizer: a cheap, well-spread 64-bit mix.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 /// The common case in O(1), whatever the tier's size: two distinct random nodes of the
