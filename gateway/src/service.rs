@@ -362,7 +362,11 @@ mod tests {
         assert!(unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
         assert!(unit.contains("User=ada") && unit.contains("ReadWritePaths=-%h/.ssh"));
         let settings: Vec<&str> = unit.lines().filter(|l| !l.starts_with('#')).collect();
-        assert!(!settings.iter().any(|l| l.starts_with("PrivateTmp") || l.starts_with("ProtectHome")));
+        assert!(
+            !settings
+                .iter()
+                .any(|l| l.starts_with("PrivateTmp") || l.starts_with("ProtectHome"))
+        );
         assert!(unit.contains("# Environment=SSH_AUTH_SOCK"));
         let plist = service(Manager::Launchd, Scope::User).render();
         assert!(plist.contains("<string>/opt/mesh gate/meshgate</string>"));

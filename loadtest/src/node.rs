@@ -283,7 +283,10 @@ pub(crate) enum ApiError {
     ModelNotFound(String),
     Fault(StatusCode),
     /// The prompt does not fit the context window (llama.cpp's wording and shape).
-    ContextExceeded { prompt: u32, context: u32 },
+    ContextExceeded {
+        prompt: u32,
+        context: u32,
+    },
 }
 
 impl ApiError {
@@ -330,11 +333,9 @@ impl ApiError {
                     code,
                 )
             }
-            ApiError::ContextExceeded { .. } => ErrorEnvelope::new(
-                self.ollama_message(),
-                "exceed_context_size_error",
-                None,
-            ),
+            ApiError::ContextExceeded { .. } => {
+                ErrorEnvelope::new(self.ollama_message(), "exceed_context_size_error", None)
+            }
         }
     }
 

@@ -2,10 +2,10 @@
 //! route and for which model, and how many were in flight at once.
 
 use std::collections::{BTreeMap, VecDeque};
-use tokio::time::Instant;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use tokio::time::Instant;
 
 use serde::{Deserialize, Serialize};
 

@@ -102,7 +102,11 @@ mod tests {
             group("chat", &["big", "medium"], &["small-group", "tiny", "big"]),
             group("small-group", &["small", "tiny"], &[]),
         ]);
-        let stages: Vec<Vec<String>> = groups.get("chat").unwrap().stages.iter()
+        let stages: Vec<Vec<String>> = groups
+            .get("chat")
+            .unwrap()
+            .stages
+            .iter()
             .map(|s| s.iter().map(|m| m.to_string()).collect())
             .collect();
         assert_eq!(stages, vec![vec!["big", "medium"], vec!["small", "tiny"]]);

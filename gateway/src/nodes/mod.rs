@@ -31,9 +31,9 @@ pub use discovery::{Found, Probe, probe};
 pub use plan::{Plan, SessionPool, ssh_config_path};
 
 use crate::config::{BreakerConfig, Config, NodeConfig, RoutingConfig, Timeouts, TransportKind};
-use groups::Groups;
 use breaker::{Admission, Breaker, State as BreakerState};
 use ewma::PeakEwma;
+use groups::Groups;
 
 /// Whether discovery could talk to the node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +74,8 @@ pub struct NodeState {
     pub rtt: Option<Duration>,
     /// Speaks Ollama's native API: Ollama requests go to it untranslated.
     pub speaks_ollama: bool,
+    /// Other APIs discovery found on the node (Responses, Messages).
+    pub apis: Vec<crate::operation::Api>,
 }
 
 pub struct Node {
@@ -273,6 +275,7 @@ impl Node {
                 last_probe: None,
                 rtt: None,
                 speaks_ollama: false,
+                apis: Vec::new(),
             }),
             static_models,
             answers: AtomicU64::new(0),
@@ -332,6 +335,25 @@ impl Node {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .speaks_ollama
+    }
+
+    /// Record the APIs discovery found on the node.
+    pub fn set_apis(&self, apis: Vec<crate::operation::Api>) {
+        self.state.write().unwrap_or_else(|e| e.into_inner()).apis = apis;
+    }
+
+    /// Whether a request in `api` goes to the node untranslated: the node's `apis`
+    /// setting if it has one, else what discovery found.
+    pub fn speaks(&self, api: crate::operation::Api) -> bool {
+        match &self.spec.config.apis {
+            Some(apis) => apis.contains(&api),
+            None => self
+                .state
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .apis
+                .contains(&api),
+        }
     }
 
     /// The time-to-first-token estimate now.
@@ -463,7 +485,10 @@ impl Node {
                 let now = Instant::now();
                 if let Some(wait) = self.cooling_for(now) {
                     return Health::Degraded {
-                        reason: format!("asked to wait (429/Retry-After): {:.1}s left", wait.as_secs_f64()),
+                        reason: format!(
+                            "asked to wait (429/Retry-After): {:.1}s left",
+                            wait.as_secs_f64()
+                        ),
                     };
                 }
                 let models = lock(&self.model_breakers);
@@ -471,7 +496,11 @@ impl Node {
                     .iter()
                     .filter(|(_, b)| !matches!(b.state(), BreakerState::Closed))
                     .map(|(m, b)| {
-                        format!("model `{m}` after {} failures, last: {}", b.consecutive_failures(), b.last_failure().unwrap_or("unknown error"))
+                        format!(
+                            "model `{m}` after {} failures, last: {}",
+                            b.consecutive_failures(),
+                            b.last_failure().unwrap_or("unknown error")
+                        )
                     })
                     .collect();
                 if refused.is_empty() {
@@ -928,9 +957,9 @@ impl Nodes {
         let listed: Vec<String> = groups
             .names()
             .filter(|g| {
-                groups
-                    .get(g)
-                    .is_some_and(|group| group.stages.iter().flatten().any(|m| online.contains(&**m)))
+                groups.get(g).is_some_and(|group| {
+                    group.stages.iter().flatten().any(|m| online.contains(&**m))
+                })
             })
             .map(str::to_owned)
             .collect();

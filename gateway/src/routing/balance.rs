@@ -158,7 +158,9 @@ impl<S> Balance<S> {
             stage.iter().find_map(|m| {
                 index.tiers(m)?.iter().find_map(|tier| {
                     tier.iter()
-                        .filter(|n| usable(n) && n.eligible_for(now, m) && n.max_concurrency.is_some())
+                        .filter(|n| {
+                            usable(n) && n.eligible_for(now, m) && n.max_concurrency.is_some()
+                        })
                         .min_by_key(|n| n.waiting())
                         .map(|n| (Arc::clone(n), m.to_string()))
                 })
