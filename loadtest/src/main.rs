@@ -125,6 +125,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         error_rate: args.error_rate,
         drop_after: args.drop_after,
         stall: args.stall,
+        ..Faults::default()
     };
     let mut nodes = Vec::with_capacity(args.count.into());
     let mut stdout = std::io::stdout();
@@ -149,7 +150,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             tokens: args.tokens,
             embedding_dim: args.embedding_dim as usize,
             seed: args.seed.wrapping_add(i.into()),
-            faults,
+            faults: faults.clone(),
+            ..SimConfig::default()
         };
         let addr = SocketAddr::new(args.host, port);
         let sim = Sim::start_on(addr, cfg)

@@ -143,9 +143,21 @@ async fn create(
         }
         (Dialect::Responses, false) => {
             let bytes = answer::whole(&node, body, &meter, max).await?;
-            let json: Value = serde_json::from_slice(&bytes)
+            let mut json: Value = serde_json::from_slice(&bytes)
                 .map_err(|e| meter.fail(GatewayError::bad_node_answer(&node, e)))?;
             book(&meter, &json);
+            // The node was sent the rebuilt conversation with `store: false`; the client
+            // sees what it asked.
+            if let Some(object) = json.as_object_mut() {
+                for key in ["previous_response_id", "store"] {
+                    let value = echo.get(key).cloned().unwrap_or(Value::Null);
+                    let value = match (key, value) {
+                        ("store", Value::Null) => Value::Bool(true),
+                        (_, value) => value,
+                    };
+                    object.insert(key.into(), value);
+                }
+            }
             if let Some(keep) = &keep {
                 keep.put(&json);
             }
