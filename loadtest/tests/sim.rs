@@ -770,7 +770,7 @@ async fn error_rate_is_a_reproducible_fraction() {
     };
     let sim = sim(SimConfig {
         seed: 42,
-        faults,
+        faults: faults.clone(),
         ..SimConfig::default()
     })
     .await;
