@@ -6,7 +6,8 @@
 //!   sensitive ─► trace span ─► catch panics ─► hops (Via: loop or too many hops -> 508)
 //!   ─► auth (API key -> Caller) ─► rate limits (global, per key: requests and tokens)
 //!   ─► body limit (413)
-//! fronts (one per API, onto one GatewayRequest): REST (OpenAI), gRPC, Ollama
+//! fronts (one per API, onto one GatewayRequest): REST (OpenAI), gRPC, Ollama,
+//!   OpenAI Responses (with the response store), Anthropic Messages
 //! routing stack:
 //!   observe (request span and record) ─► authorize model ─► failover (retry on another
 //!   node, budgeted) ─► balance (model, tiers, breaker, P2C, slots, bounded queue)
@@ -67,6 +68,7 @@ use crate::keys::Keys;
 use crate::metrics::Metrics;
 use crate::nodes::groups::Groups;
 use crate::nodes::{Nodes, Plan, SessionPool};
+use crate::response_store::ResponseStore;
 use crate::routing::{Attempt, AuthorizeModel, Balance, Failover, ObserveLayer};
 pub use crate::state::{AppState, Limits, RoutingService};
 use crate::status::{self, ConfigStatus, StatusState};
@@ -98,6 +100,7 @@ struct Live {
     forwards: Arc<Forwards>,
     hops: String,
     config_status: Arc<RwLock<ConfigStatus>>,
+    responses: Arc<ResponseStore>,
     routers: RwLock<Routers>,
     /// Serializes reloads; holds what the next one reuses.
     built: tokio::sync::Mutex<Built>,
@@ -152,7 +155,12 @@ impl Gateway {
         let hops = Hops::pseudonym();
         let keys = Arc::new(Keys::from_config(&config.keys)?);
         let global_limit = RateLimitLayer::new(&config.limits);
+        let responses = Arc::new(ResponseStore::new(
+            config.responses.store_max,
+            config.responses.store_ttl,
+        ));
         let parts = Parts {
+            responses: &responses,
             config,
             stack,
             nodes: &nodes,
@@ -183,6 +191,7 @@ impl Gateway {
                 forwards,
                 hops,
                 config_status,
+                responses,
                 routers: RwLock::new(routers),
                 built: tokio::sync::Mutex::new(Built {
                     keys,
@@ -248,7 +257,10 @@ impl Gateway {
         live.nodes.replace(plan.nodes);
         live.nodes
             .discover(config.discovery.interval, config.discovery.timeout);
+        live.responses
+            .configure(config.responses.store_max, config.responses.store_ttl);
         let parts = Parts {
+            responses: &live.responses,
             config,
             stack: live.stack,
             nodes: &live.nodes,
@@ -521,6 +533,7 @@ struct Parts<'a> {
     hops: &'a str,
     config_status: &'a Arc<RwLock<ConfigStatus>>,
     forwards: &'a Arc<Forwards>,
+    responses: &'a Arc<ResponseStore>,
 }
 
 impl Parts<'_> {
@@ -555,6 +568,7 @@ impl Parts<'_> {
             routing,
             nodes: Arc::clone(nodes),
             limits,
+            responses: Arc::clone(self.responses),
         };
 
         let (grpc, grpc_health) = fronts::grpc::routes(state.clone());
@@ -593,7 +607,11 @@ impl Parts<'_> {
             forwards: Arc::clone(self.forwards),
         });
         let public = config.telemetry.public;
-        let mut router = fronts::openai::routes(state).merge(grpc).merge(ollama);
+        let mut router = fronts::openai::routes(state.clone())
+            .merge(fronts::responses::routes(state.clone()))
+            .merge(fronts::anthropic::routes(state))
+            .merge(grpc)
+            .merge(ollama);
         if !public {
             router = router.merge(operator.clone());
         }

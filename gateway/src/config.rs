@@ -30,6 +30,7 @@ pub struct Config {
     pub grpc: GrpcConfig,
     pub ollama: OllamaConfig,
     pub telemetry: TelemetryConfig,
+    pub responses: ResponsesConfig,
 }
 
 impl Default for Config {
@@ -50,6 +51,7 @@ impl Default for Config {
             grpc: GrpcConfig::default(),
             ollama: OllamaConfig::default(),
             telemetry: TelemetryConfig::default(),
+            responses: ResponsesConfig::default(),
         }
     }
 }
@@ -88,6 +90,28 @@ impl Default for TelemetryConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct GrpcConfig {
     pub listen: Option<SocketAddr>,
+}
+
+/// The Responses API's store (`[responses]`): recent responses kept in memory so a
+/// follow-up turn (`previous_response_id`) works on any node, and `GET`/`DELETE
+/// /v1/responses/{id}` find them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResponsesConfig {
+    /// Most responses kept; past it the oldest goes. 0 keeps none.
+    pub store_max: usize,
+    /// How long a response is kept.
+    #[serde(with = "humantime_serde")]
+    pub store_ttl: Duration,
+}
+
+impl Default for ResponsesConfig {
+    fn default() -> Self {
+        Self {
+            store_max: 10_000,
+            store_ttl: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// The Ollama surface is always served on `[server] listen`; this adds an address
@@ -415,6 +439,11 @@ pub struct NodeConfig {
     /// value.
     #[serde(default)]
     pub aliases: std::collections::BTreeMap<String, String>,
+    /// The APIs besides chat completions the node speaks natively (`"responses"`,
+    /// `"messages"`); when set, discovery does not probe for them. Requests in an API
+    /// the node does not speak are translated to chat completions.
+    #[serde(default)]
+    pub apis: Option<Vec<crate::operation::Api>>,
 }
 
 /// A name clients ask for, and the models that may answer it (`[[models]]`).
@@ -503,6 +532,7 @@ impl NodeConfig {
             connections: default_connections(),
             max_sessions: default_max_sessions(),
             aliases: Default::default(),
+            apis: None,
         }
     }
 }

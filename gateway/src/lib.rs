@@ -2,7 +2,8 @@
 //! several machines. See `app` for the request path, front to node, top to bottom.
 //!
 //! Modules, from the top down (each imports only from those below it):
-//! `service` (install a unit), `reload` (SIGHUP, file changes) ─► `app` (assembly) ─► `fronts` (REST, gRPC, Ollama) and `status` ─► `state` ─►
+//! `service` (install a unit), `reload` (SIGHUP, file changes) ─► `app` (assembly) ─► `fronts` (REST, gRPC, Ollama, Responses, Messages) and `status` ─► `state`,
+//! `response_store` ─►
 //! `edge` (HTTP layers) and `routing` (observe, authorize, failover, balance, attempt)
 //! ─► `translate`, `request` ─► `telemetry`, `metrics` ─► `nodes` ─► `keys`, `limits`,
 //! `errors`, `operation`, `config`.
@@ -24,6 +25,7 @@ pub mod nodes;
 pub mod operation;
 pub mod reload;
 pub mod request;
+pub mod response_store;
 pub mod routing;
 pub mod service;
 pub mod state;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::errors::GatewayError;
 use crate::nodes::Nodes;
 use crate::request::{GatewayRequest, Routed};
+use crate::response_store::ResponseStore;
 
 /// The routing stack as the fronts see it.
 pub type RoutingService = tower::util::BoxCloneSyncService<GatewayRequest, Routed, GatewayError>;
@@ -23,4 +24,6 @@ pub struct AppState {
     pub routing: RoutingService,
     pub nodes: Arc<Nodes>,
     pub limits: Limits,
+    /// Kept Responses-API responses (outlives reloads).
+    pub responses: Arc<ResponseStore>,
 }

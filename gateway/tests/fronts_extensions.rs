@@ -48,6 +48,10 @@ async fn extensions_and_request_ids_reach_routing_from_every_front() {
             max_request_bytes: 1 << 20,
             max_response_bytes: 1 << 20,
         },
+        responses: Arc::new(meshgate::response_store::ResponseStore::new(
+            16,
+            std::time::Duration::from_secs(60),
+        )),
     };
     let keys = Keys::from_config(&[KeyConfig {
         name: "alice".into(),
@@ -63,6 +67,8 @@ async fn extensions_and_request_ids_reach_routing_from_every_front() {
     let (grpc, health) = meshgate::fronts::grpc::routes(state.clone());
     let router = meshgate::fronts::openai::routes(state.clone())
         .merge(grpc)
+        .merge(meshgate::fronts::responses::routes(state.clone()))
+        .merge(meshgate::fronts::anthropic::routes(state.clone()))
         .merge(meshgate::fronts::ollama::routes(state))
         .layer(axum::middleware::map_request(
             move |mut req: axum::extract::Request| {
@@ -89,6 +95,15 @@ async fn extensions_and_request_ids_reach_routing_from_every_front() {
     let ollama = post(&url("/api/chat"), r#"{"model":"m","messages":[]}"#).await;
     assert_eq!(ollama.status, http::StatusCode::SERVICE_UNAVAILABLE);
     assert!(ollama.json()["error"].is_string());
+    let responses = post(&url("/v1/responses"), r#"{"model":"m","input":"hi"}"#).await;
+    assert_eq!(responses.status, http::StatusCode::SERVICE_UNAVAILABLE);
+    let messages = post(
+        &url("/v1/messages"),
+        r#"{"model":"m","max_tokens":4,"messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .await;
+    assert_eq!(messages.status, http::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(messages.json()["error"]["type"], "overloaded_error");
 
     let seen = seen.lock().unwrap().clone();
     let alice = Some(Caller("alice".into()));
@@ -98,7 +113,9 @@ async fn extensions_and_request_ids_reach_routing_from_every_front() {
             (Operation::ChatCompletions, alice.clone(), true),
             (Operation::ChatCompletions, alice.clone(), true),
             (Operation::ChatCompletions, alice.clone(), true),
-            (Operation::OllamaChat, alice, true),
+            (Operation::OllamaChat, alice.clone(), true),
+            (Operation::Responses, alice.clone(), true),
+            (Operation::Messages, alice, true),
         ]
     );
     server.abort();

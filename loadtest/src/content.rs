@@ -142,6 +142,28 @@ impl Prompt {
     }
 }
 
+/// The scripted call of a tool: its name and deterministic JSON arguments made from its
+/// JSON schema (`parameters` or `input_schema`): strings "sim", numbers 1, booleans
+/// true, anything else null.
+pub(crate) fn tool_call(name: &str, schema: Option<&serde_json::Value>) -> (String, String) {
+    let mut args = serde_json::Map::new();
+    if let Some(props) = schema
+        .and_then(|s| s.get("properties"))
+        .and_then(serde_json::Value::as_object)
+    {
+        for (key, prop) in props {
+            let value = match prop.get("type").and_then(serde_json::Value::as_str) {
+                Some("string") => serde_json::json!("sim"),
+                Some("number" | "integer") => serde_json::json!(1),
+                Some("boolean") => serde_json::json!(true),
+                _ => serde_json::Value::Null,
+            };
+            args.insert(key.clone(), value);
+        }
+    }
+    (name.to_owned(), serde_json::Value::Object(args).to_string())
+}
+
 pub(crate) fn count_words(text: &str) -> u32 {
     text.split_whitespace().count() as u32
 }

@@ -1,5 +1,6 @@
-//! meshgate-sim: a deterministic simulated LLM node speaking OpenAI's and Ollama's
-//! APIs, with scripted latency and injected faults, for meshgate's tests, benchmarks
+//! meshgate-sim: a deterministic simulated LLM node speaking OpenAI's (chat
+//! completions, and optionally Responses) and Ollama's APIs, and optionally Anthropic's
+//! Messages API, with scripted tool calls, latency and injected faults, for meshgate's tests, benchmarks
 //! and `meshgate demo`.
 //!
 //! ```no_run
@@ -16,6 +17,7 @@
 mod body;
 mod content;
 mod control;
+mod dialects;
 mod faults;
 mod node;
 mod ollama;
@@ -55,6 +57,10 @@ pub struct SimConfig {
     pub tokens: u32,
     /// Embedding dimension when the request does not ask for one.
     pub embedding_dim: usize,
+    /// Whether the node speaks OpenAI's Responses API and Anthropic's Messages API
+    /// natively (`/v1/responses`, `/v1/messages`); without them it answers 404 there,
+    /// like a server that speaks only chat completions.
+    pub native_apis: bool,
     /// Seeds the `error_rate` draws.
     pub seed: u64,
     /// A prompt cache: a chat whose conversation prefix (its first two messages) this
@@ -74,6 +80,7 @@ impl Default for SimConfig {
             token_delay: Duration::ZERO,
             tokens: 16,
             embedding_dim: 8,
+            native_apis: true,
             seed: 0,
             cached_ttft: None,
             faults: Faults::default(),
@@ -108,8 +115,9 @@ impl Sim {
         cfg.faults
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("faults.{e}")))?;
+        let native_apis = cfg.native_apis;
         let node = Arc::new(Node::new(cfg));
-        let app = server::router(Arc::clone(&node));
+        let app = server::router(Arc::clone(&node), native_apis);
         let listener = server::bind(addr)?;
         let addr = listener.local_addr()?;
         let live = tokio::spawn(server::serve(listener, app.clone()));

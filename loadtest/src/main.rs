@@ -163,6 +163,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             seed: args.seed.wrapping_add(i.into()),
             cached_ttft: args.cached_ttft_ms.map(Duration::from_millis),
             faults: faults.clone(),
+            ..SimConfig::default()
         };
         let addr = SocketAddr::new(args.host, port);
         let sim = Sim::start_on(addr, cfg)

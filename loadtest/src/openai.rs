@@ -17,7 +17,7 @@ use meshgate_proto::openai::{
 };
 use serde::Serialize;
 
-use crate::content::{Prompt, embedding, embedding_base64, reply_len};
+use crate::content::{Prompt, embedding, embedding_base64, reply_len, tool_call};
 use crate::node::{ApiError, Ctx, Named, Node, Reply, SSE, parse};
 use crate::stats::Route;
 use crate::wallclock::unix_secs;
@@ -159,6 +159,63 @@ async fn chat(node: &Node, req: ChatCompletionRequest, ctx: Ctx) -> Result<Reply
     let usage = Usage::new(prompt.tokens(), n);
     let id = format!("chatcmpl-{:016x}", ctx.id);
     let created = unix_secs();
+
+    // Scripted tool use: with tools, a user's turn is answered with a call of the first.
+    let first_tool = req.tools.as_ref().and_then(|t| t.first());
+    let last_is_user = req.messages.last().is_some_and(|m| m.role == "user");
+    if let (Some(tool), true) = (first_tool, last_is_user) {
+        let function = tool.get("function").unwrap_or(tool);
+        let name = function["name"].as_str().unwrap_or("tool");
+        let (name, args) = tool_call(name, function.get("parameters"));
+        let call_id = format!("call_{:016x}", ctx.id);
+        let usage = Usage::new(prompt.tokens(), 3);
+        if req.stream == Some(true) {
+            let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
+            let chunk = |delta: serde_json::Value, finish: serde_json::Value| {
+                serde_json::json!({"id": id, "object": "chat.completion.chunk", "created": created,
+                    "model": req.model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+            };
+            let (head, tail) = args.split_at(args.len() / 2);
+            let mut events = vec![
+                sse(&chunk(
+                    serde_json::json!({"role": "assistant", "content": null}),
+                    serde_json::Value::Null,
+                )),
+                sse(&chunk(
+                    serde_json::json!({"tool_calls": [{"index": 0, "id": call_id, "type": "function",
+                    "function": {"name": name, "arguments": ""}}]}),
+                    serde_json::Value::Null,
+                )),
+            ];
+            for piece in [head, tail] {
+                events.push(sse(&chunk(
+                    serde_json::json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+                    serde_json::Value::Null,
+                )));
+            }
+            events.push(sse(&chunk(
+                serde_json::json!({}),
+                serde_json::json!("tool_calls"),
+            )));
+            if include_usage {
+                events.push(sse(
+                    &serde_json::json!({"id": id, "object": "chat.completion.chunk",
+                    "created": created, "model": req.model, "choices": [], "usage": usage}),
+                ));
+            }
+            events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+            return Ok(Reply::stream(&ctx, SSE, events, 1, 3));
+        }
+        ctx.latency.wait(3).await;
+        return Ok(Reply::json(&serde_json::json!({
+            "id": id, "object": "chat.completion", "created": created, "model": req.model,
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                "role": "assistant", "content": null,
+                "tool_calls": [{"id": call_id, "type": "function", "function": {"name": name, "arguments": args}}],
+            }}],
+            "usage": usage,
+        })));
+    }
 
     if req.stream == Some(true) {
         let include_usage = req.stream_options.is_some_and(|o| o.include_usage);

@@ -16,14 +16,20 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinSet;
 
 use crate::node::Node;
-use crate::{control, ollama, openai};
+use crate::{control, dialects, ollama, openai};
 
 /// Large enough for any embedding batch a benchmark sends; a node is not where
 /// meshgate's own body limit is tested.
 const BODY_LIMIT: usize = 64 << 20;
 
-pub(crate) fn router(node: Arc<Node>) -> Router {
-    Router::new()
+pub(crate) fn router(node: Arc<Node>, native_apis: bool) -> Router {
+    let mut router = Router::new();
+    if native_apis {
+        router = router
+            .route("/v1/responses", post(dialects::responses))
+            .route("/v1/messages", post(dialects::messages));
+    }
+    router
         // OpenAI
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))

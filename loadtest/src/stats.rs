@@ -47,10 +47,12 @@ pub(crate) enum Route {
     OllamaPs,
     OllamaShow,
     OllamaVersion,
+    Responses,
+    Messages,
 }
 
 impl Route {
-    const ALL: [Route; 12] = [
+    const ALL: [Route; 14] = [
         Route::ChatCompletions,
         Route::Completions,
         Route::Embeddings,
@@ -63,6 +65,8 @@ impl Route {
         Route::OllamaPs,
         Route::OllamaShow,
         Route::OllamaVersion,
+        Route::Responses,
+        Route::Messages,
     ];
 
     /// The path as routed (the template, for `/v1/models/{model}`).
@@ -80,6 +84,8 @@ impl Route {
             Route::OllamaPs => "/api/ps",
             Route::OllamaShow => "/api/show",
             Route::OllamaVersion => "/api/version",
+            Route::Responses => "/v1/responses",
+            Route::Messages => "/v1/messages",
         }
     }
 
@@ -93,6 +99,8 @@ impl Route {
                 | Route::OllamaChat
                 | Route::OllamaGenerate
                 | Route::OllamaEmbed
+                | Route::Responses
+                | Route::Messages
         )
     }
 

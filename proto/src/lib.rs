@@ -6,7 +6,9 @@
 //! original bytes rather than re-serializing these structs.
 #![forbid(unsafe_code)]
 
+pub mod anthropic;
 pub mod ollama;
 pub mod openai;
+pub mod responses;
 pub mod sse;
 pub mod v1;

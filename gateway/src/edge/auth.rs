@@ -1,4 +1,5 @@
-//! Authentication at the edge: the `Authorization: Bearer` key is looked up in
+//! Authentication at the edge: the `Authorization: Bearer` key (or Anthropic's
+//! `x-api-key`) is looked up in
 //! [`Keys`] and the caller's identity goes into the request's extensions, where the rate
 //! limits and the fronts find it.
 //!
@@ -24,8 +25,15 @@ pub fn layer(keys: Arc<Keys>) -> ValidateRequestHeaderLayer<Authenticate> {
     ValidateRequestHeaderLayer::custom(Authenticate { keys })
 }
 
+/// The key: `Authorization: Bearer <key>`, or Anthropic's `x-api-key: <key>`.
 fn bearer(headers: &http::HeaderMap) -> Option<&[u8]> {
-    let value = headers.get(http::header::AUTHORIZATION)?.as_bytes();
+    let Some(value) = headers.get(http::header::AUTHORIZATION) else {
+        return headers
+            .get("x-api-key")
+            .map(|v| v.as_bytes().trim_ascii())
+            .filter(|k| !k.is_empty());
+    };
+    let value = value.as_bytes();
     let (scheme, token) = value.split_at_checked(7)?;
     scheme
         .eq_ignore_ascii_case(b"bearer ")
@@ -70,5 +78,8 @@ mod tests {
         assert_eq!(bearer(&h), Some(&b"sk-1"[..]));
         h.insert("authorization", "Basic sk-1".parse().unwrap());
         assert_eq!(bearer(&h), None);
+        let mut h = http::HeaderMap::new();
+        h.insert("x-api-key", "sk-2".parse().unwrap());
+        assert_eq!(bearer(&h), Some(&b"sk-2"[..]));
     }
 }

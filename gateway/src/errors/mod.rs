@@ -73,6 +73,10 @@ pub enum GatewayError {
     Loop(String),
     #[error("this request passed {hops} meshgates; the limit is {max} ([server] max_hops)")]
     TooManyHops { hops: u32, max: u32 },
+    /// A stored response (Responses API) that is not there: never stored, expired,
+    /// deleted, or another key's (which is not revealed).
+    #[error("{}", if *previous { format!("Previous response with id '{id}' not found.") } else { format!("No response found with id '{id}'.") })]
+    ResponseNotFound { id: String, previous: bool },
     /// A node answered with a non-2xx status, on a front that re-renders node answers
     /// (gRPC, Ollama translated) rather than passing them through.
     #[error("node `{node}` answered {status}: {message}")]
@@ -204,6 +208,8 @@ impl GatewayError {
             Self::Internal(_) => class(S::INTERNAL_SERVER_ERROR, G::Internal, SERVER, Some("internal_error"), false),
             Self::Loop(_) => class(S::LOOP_DETECTED, G::FailedPrecondition, SERVER, Some("loop_detected"), false),
             Self::TooManyHops { .. } => class(S::LOOP_DETECTED, G::FailedPrecondition, SERVER, Some("too_many_hops"), false),
+            Self::ResponseNotFound { previous: true, .. } => class(S::BAD_REQUEST, G::InvalidArgument, INVALID, Some("previous_response_not_found"), false),
+            Self::ResponseNotFound { previous: false, .. } => class(S::NOT_FOUND, G::NotFound, INVALID, Some("not_found"), false),
             Self::NodeStatus { status, .. } => class(*status, G::for_node_status(*status), if status.is_client_error() { INVALID } else { SERVER }, Some("upstream_error"), false),
         }
     }
@@ -218,6 +224,7 @@ impl GatewayError {
             | Self::Saturated(_)
             | Self::NodesPaused { .. } => Some("model"),
             Self::GaveUp { last, .. } => last.param(),
+            Self::ResponseNotFound { previous: true, .. } => Some("previous_response_id"),
             _ => None,
         }
     }

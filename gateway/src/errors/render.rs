@@ -1,7 +1,8 @@
 //! Every wire shape of an error, rendered from the one table ([`GatewayError::class`]):
 //! OpenAI's JSON envelope, a gRPC status (and a trailers-only gRPC response for layers
 //! that refuse before the gRPC front), Ollama's `{"error": "..."}`, and the in-band
-//! error that ends a stream that already started (an SSE event, an Ollama line). Also
+//! error that ends a stream that already started (an SSE event, an Ollama line), and
+//! Anthropic's `{"type":"error","error":{...}}` with its error types. Also
 //! the one rule for the headers that tell a client when and whether to retry.
 
 use axum::response::{IntoResponse, Response};
@@ -94,6 +95,83 @@ impl GatewayError {
     }
 }
 
+impl GatewayError {
+    /// Anthropic's error `type` for this error's status (from the table).
+    pub fn anthropic_type(&self) -> &'static str {
+        match self.class().status.as_u16() {
+            400 | 405 | 422 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            503 | 529 => "overloaded_error",
+            504 => "timeout_error",
+            _ => "api_error",
+        }
+    }
+
+    fn anthropic_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "type": "error",
+            "error": {"type": self.anthropic_type(), "message": self.to_string()},
+        })
+    }
+
+    /// Anthropic's shape: `{"type":"error","error":{"type","message"}}` with the table's
+    /// status.
+    pub fn anthropic_response(&self) -> Response {
+        let status = self.class().status;
+        log(self, status);
+        let body = serde_json::to_vec(&self.anthropic_json()).unwrap_or_default();
+        let mut response = json_response(status, body);
+        self.write_headers(response.headers_mut());
+        response
+    }
+
+    /// The `error` event that ends an Anthropic stream which failed after it started.
+    pub fn anthropic_event(&self) -> Bytes {
+        let json = serde_json::to_vec(&self.anthropic_json()).unwrap_or_default();
+        let mut event = b"event: error\ndata: ".to_vec();
+        event.extend_from_slice(&json);
+        event.extend_from_slice(b"\n\n");
+        event.into()
+    }
+
+    /// The `error` event that ends a Responses stream which failed after it started
+    /// (when the response it belongs to is not known: a native node's stream).
+    pub fn responses_event(&self, sequence_number: u64) -> Bytes {
+        let class = self.class();
+        let json = serde_json::json!({
+            "type": "error",
+            "code": class.code,
+            "message": self.to_string(),
+            "param": self.param(),
+            "sequence_number": sequence_number,
+        });
+        let mut event = b"event: error\ndata: ".to_vec();
+        event.extend_from_slice(&serde_json::to_vec(&json).unwrap_or_default());
+        event.extend_from_slice(b"\n\n");
+        event.into()
+    }
+}
+
+/// A gateway error rendered in Anthropic's shape, for the Messages front's handlers.
+#[derive(Debug)]
+pub struct AnthropicError(pub GatewayError);
+
+impl From<GatewayError> for AnthropicError {
+    fn from(error: GatewayError) -> Self {
+        Self(error)
+    }
+}
+
+impl IntoResponse for AnthropicError {
+    fn into_response(self) -> Response {
+        self.0.anthropic_response()
+    }
+}
+
 /// OpenAI's shape (the default on REST).
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
@@ -137,12 +215,15 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 }
 
 /// An error raised before any front runs (auth, rate limits), in the caller's own
-/// protocol: a gRPC status for gRPC, Ollama's shape on its API, else OpenAI's envelope.
+/// protocol: a gRPC status for gRPC, Ollama's shape on its API, Anthropic's on
+/// `/v1/messages`, else OpenAI's envelope.
 pub fn respond_in(error: GatewayError, headers: &HeaderMap, path: &str) -> Response {
     if is_grpc(headers) {
         error.grpc_response()
     } else if path.starts_with("/api/") {
         error.ollama_response()
+    } else if path.starts_with("/v1/messages") {
+        error.anthropic_response()
     } else {
         error.into_response()
     }

@@ -5,11 +5,14 @@
 //! front books its answer on the request's one meter.
 
 pub mod answer;
+pub mod anthropic;
 pub mod body;
 pub mod events;
 pub mod grpc;
+pub mod native;
 pub mod ollama;
 pub mod openai;
+pub mod responses;
 
 /// Which node answered, on every front (a header, or gRPC metadata).
 pub const NODE_HEADER: http::HeaderName = http::HeaderName::from_static("x-meshgate-node");

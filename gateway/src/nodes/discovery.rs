@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 
 use super::{Node, Nodes, Reachability};
+use crate::operation::Api;
 
 /// One probe's outcome: what the node serves, or why it is unusable.
 #[derive(Debug, Clone)]
@@ -43,6 +44,19 @@ pub async fn probe(node: &Node, timeout: Duration) -> Probe {
         && tokio::time::timeout(timeout, get(node, "/api/version"))
             .await
             .is_ok_and(|r| r.is_ok_and(|(status, _)| status.is_success()));
+    // The other APIs it speaks natively (see `Api::probe_path`), kept on the node.
+    if result.is_ok() {
+        let mut apis = Vec::new();
+        for api in [Api::Responses, Api::Messages] {
+            let answer = tokio::time::timeout(timeout, get(node, api.probe_path())).await;
+            if let Ok(Ok((status, _))) = answer {
+                if status != http::StatusCode::NOT_FOUND && !status.is_server_error() {
+                    apis.push(api);
+                }
+            }
+        }
+        node.set_apis(apis);
+    }
     Probe {
         result,
         rtt,

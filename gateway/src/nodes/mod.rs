@@ -74,6 +74,8 @@ pub struct NodeState {
     pub rtt: Option<Duration>,
     /// Speaks Ollama's native API: Ollama requests go to it untranslated.
     pub speaks_ollama: bool,
+    /// Other APIs discovery found on the node (Responses, Messages).
+    pub apis: Vec<crate::operation::Api>,
 }
 
 pub struct Node {
@@ -276,6 +278,7 @@ impl Node {
                 last_probe: None,
                 rtt: None,
                 speaks_ollama: false,
+                apis: Vec::new(),
             }),
             static_models,
             answers: AtomicU64::new(0),
@@ -335,6 +338,25 @@ impl Node {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .speaks_ollama
+    }
+
+    /// Record the APIs discovery found on the node.
+    pub fn set_apis(&self, apis: Vec<crate::operation::Api>) {
+        self.state.write().unwrap_or_else(|e| e.into_inner()).apis = apis;
+    }
+
+    /// Whether a request in `api` goes to the node untranslated: the node's `apis`
+    /// setting if it has one, else what discovery found.
+    pub fn speaks(&self, api: crate::operation::Api) -> bool {
+        match &self.spec.config.apis {
+            Some(apis) => apis.contains(&api),
+            None => self
+                .state
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .apis
+                .contains(&api),
+        }
     }
 
     /// The time-to-first-token estimate now.

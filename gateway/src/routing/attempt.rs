@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use crate::errors::GatewayError;
 use crate::nodes::{Lease, Node};
+use crate::operation::Api;
 use crate::request::{Dialect, GatewayRequest, Routed};
 use crate::telemetry::meter::{AttemptOutcome, Meter};
 use crate::telemetry::spans;
@@ -122,7 +123,7 @@ fn book(
 
 /// The HTTP request for `node`, and the API it is asked in. Rendered per attempt: an
 /// Ollama request goes as is to a node that speaks Ollama natively, and translated to
-/// OpenAI's API for one that does not.
+/// OpenAI's API for one that does not; likewise Responses and Messages requests.
 fn to_node(
     request: &GatewayRequest,
     node: &Node,
@@ -134,6 +135,16 @@ fn to_node(
             let (path, body) = translate::ollama::to_openai(operation, model, &request.body);
             (path, body, Dialect::OpenAi)
         }
+        Dialect::Responses if !node.speaks(Api::Responses) => (
+            "/v1/chat/completions",
+            translate::responses::to_chat(model, &request.body),
+            Dialect::OpenAi,
+        ),
+        Dialect::Anthropic if !node.speaks(Api::Messages) => (
+            "/v1/chat/completions",
+            translate::anthropic::to_chat(model, &request.body),
+            Dialect::OpenAi,
+        ),
         // Asked for under another name (a group, an alias): the node gets its own.
         dialect if model != request.model => (
             operation.path(),

@@ -64,6 +64,16 @@ impl Tokens {
         })
     }
 
+    /// A `usage` object in the Responses and Messages APIs' own fields
+    /// (`input_tokens`, `output_tokens`).
+    pub fn from_io_usage(usage: &serde_json::Value) -> Option<Tokens> {
+        usage.is_object().then_some(())?;
+        Some(Tokens {
+            input: count(usage, "input_tokens"),
+            output: count(usage, "output_tokens"),
+        })
+    }
+
     /// What an Ollama answer (or the last line of its stream) reports.
     pub fn from_ollama(json: &serde_json::Value) -> Option<Tokens> {
         json.get("prompt_eval_count")?;

@@ -3,7 +3,9 @@
 //! a node in its own API when the node speaks it, and is translated (request, and
 //! answer whole or streamed) when it does not. One module per dialect.
 
+pub mod anthropic;
 pub mod ollama;
+pub mod responses;
 
 use bytes::Bytes;
 

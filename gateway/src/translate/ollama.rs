@@ -60,16 +60,7 @@ pub fn to_openai(operation: Operation, model: &str, body: &Bytes) -> (&'static s
             let messages = req
                 .get("messages")
                 .and_then(Value::as_array)
-                .map(|ms| {
-                    ms.iter()
-                        .map(|m| {
-                            let role = m.get("role").and_then(Value::as_str).unwrap_or("user");
-                            let content =
-                                m.get("content").and_then(Value::as_str).unwrap_or_default();
-                            message(role, content, m.get("images"))
-                        })
-                        .collect()
-                })
+                .map(|ms| chat_messages(ms))
                 .unwrap_or_default();
             out.insert("messages".into(), Value::Array(messages));
             if let Some(tools) = req.get("tools") {
@@ -118,6 +109,69 @@ pub fn to_openai(operation: Operation, model: &str, body: &Bytes) -> (&'static s
     (path, body.into())
 }
 
+/// Ollama chat messages as OpenAI's: an assistant's `tool_calls` (arguments an object)
+/// become OpenAI tool calls (arguments a JSON string, each with an id), and a `tool`
+/// message answers the earliest unanswered call (of its `tool_name`, if it says).
+fn chat_messages(messages: &[Value]) -> Vec<Value> {
+    let mut out = Vec::with_capacity(messages.len());
+    // Calls not yet answered: (id, name).
+    let mut pending: Vec<(String, String)> = Vec::new();
+    let mut n = 0;
+    for m in messages {
+        let role = m.get("role").and_then(Value::as_str).unwrap_or("user");
+        let content = m.get("content").and_then(Value::as_str).unwrap_or_default();
+        if let Some(Value::Array(calls)) = m.get("tool_calls") {
+            let calls: Vec<Value> = calls
+                .iter()
+                .map(|c| {
+                    n += 1;
+                    let id = format!("call_{n}");
+                    let name = c.pointer("/function/name").cloned().unwrap_or_default();
+                    let arguments = match c.pointer("/function/arguments") {
+                        Some(Value::String(s)) => s.clone(),
+                        Some(other) => other.to_string(),
+                        None => "{}".into(),
+                    };
+                    pending.push((id.clone(), name.as_str().unwrap_or_default().to_owned()));
+                    json!({"id": id, "type": "function", "function": {"name": name, "arguments": arguments}})
+                })
+                .collect();
+            out.push(json!({"role": "assistant", "content": content, "tool_calls": calls}));
+            continue;
+        }
+        if role == "tool" {
+            let name = m.get("tool_name").and_then(Value::as_str);
+            let at = pending
+                .iter()
+                .position(|(_, n)| name.is_none_or(|name| name == n))
+                .or((!pending.is_empty()).then_some(0));
+            let id = at.map_or_else(|| "call_0".to_owned(), |i| pending.remove(i).0);
+            out.push(json!({"role": "tool", "tool_call_id": id, "content": content}));
+            continue;
+        }
+        out.push(message(role, content, m.get("images")));
+    }
+    out
+}
+
+/// OpenAI tool calls as Ollama's (arguments an object).
+fn ollama_calls(calls: &[Value]) -> Value {
+    Value::Array(
+        calls
+            .iter()
+            .map(|c| {
+                let args = c
+                    .pointer("/function/arguments")
+                    .and_then(Value::as_str)
+                    .unwrap_or("{}");
+                let arguments: Value = serde_json::from_str(args).unwrap_or_else(|_| json!({}));
+                json!({"function": {"name": c.pointer("/function/name").cloned().unwrap_or_default(),
+                    "arguments": arguments}})
+            })
+            .collect(),
+    )
+}
+
 /// An OpenAI message; Ollama's base64 `images` become `image_url` parts.
 fn message(role: &str, content: &str, images: Option<&Value>) -> Value {
     let images: Vec<&str> = images
@@ -146,6 +200,8 @@ pub struct Translator {
     prompt_tokens: u64,
     completion_tokens: u64,
     chunks: u64,
+    /// Tool calls being streamed (OpenAI's shape, arguments accumulated).
+    calls: Vec<Value>,
 }
 
 impl Translator {
@@ -161,6 +217,7 @@ impl Translator {
             prompt_tokens: 0,
             completion_tokens: 0,
             chunks: 0,
+            calls: Vec::new(),
         }
     }
 
@@ -202,6 +259,36 @@ impl Translator {
     pub fn chunk(&mut self, json: &Value) -> Option<Value> {
         self.record(json);
         let choice = json.pointer("/choices/0")?;
+        for call in choice
+            .pointer("/delta/tool_calls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let index = call["index"].as_u64().unwrap_or_default() as usize;
+            if index >= self.calls.len() {
+                self.calls.push(json!({"function": {"name": call.pointer("/function/name").cloned().unwrap_or_default(), "arguments": ""}}));
+            }
+            if let (Some(all), Some(more)) = (
+                self.calls
+                    .get_mut(index)
+                    .and_then(|c| c.pointer_mut("/function/arguments")),
+                call.pointer("/function/arguments").and_then(Value::as_str),
+            ) {
+                let joined = format!("{}{more}", all.as_str().unwrap_or_default());
+                *all = Value::String(joined);
+            }
+        }
+        // Ollama sends a turn's tool calls whole, in one line before the last.
+        if self.chat
+            && choice.get("finish_reason").is_some_and(|f| !f.is_null())
+            && !self.calls.is_empty()
+        {
+            let calls = std::mem::take(&mut self.calls);
+            let mut line = self.line("", None, false);
+            line["message"]["tool_calls"] = ollama_calls(&calls);
+            return Some(Value::Object(line));
+        }
         let content = choice
             .pointer("/delta/content")
             .or_else(|| choice.get("text"))
@@ -250,7 +337,13 @@ impl Translator {
         let thinking = choice
             .and_then(|c| c.pointer("/message/reasoning_content"))
             .and_then(Value::as_str);
-        Value::Object(self.finish(self.line(content, thinking, true)))
+        let mut line = self.line(content, thinking, true);
+        if let Some(Value::Array(calls)) = choice.and_then(|c| c.pointer("/message/tool_calls")) {
+            if self.chat && !calls.is_empty() {
+                line["message"]["tool_calls"] = ollama_calls(calls);
+            }
+        }
+        Value::Object(self.finish(line))
     }
 
     fn finish(&self, mut m: Map<String, Value>) -> Map<String, Value> {

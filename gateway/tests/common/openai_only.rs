@@ -52,7 +52,7 @@ impl OpenAiOnly {
         Self { url, seen, server }
     }
 
-    /// Inference requests forwarded so far (path, JSON body); model listings excluded.
+    /// Inference requests (POSTs) forwarded so far (path, JSON body).
     pub fn inference_requests(&self) -> Vec<(String, serde_json::Value)> {
         self.seen
             .lock()
@@ -75,7 +75,10 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
     let body = body.collect().await.unwrap().to_bytes();
     let path = parts.uri.path().to_owned();
     let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-    proxy.seen.lock().unwrap().push((path.clone(), json));
+    // Discovery's GETs (model list, API probes) are not what a request was sent as.
+    if parts.method == http::Method::POST {
+        proxy.seen.lock().unwrap().push((path.clone(), json));
+    }
     let mut upstream = http::Request::builder()
         .method(parts.method)
         .uri(format!("{}{}", proxy.upstream, path));

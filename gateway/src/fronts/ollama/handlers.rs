@@ -136,11 +136,11 @@ async fn infer(
             }
             r
         }
-        (Dialect::OpenAi, false, _) => {
+        (_, false, _) => {
             let bytes = read(body).await?;
             return Err(GatewayError::from_node_answer(&node, parts.status, &bytes).into());
         }
-        (Dialect::OpenAi, true, true) => {
+        (_, true, true) => {
             meter.ready(Duration::ZERO);
             let translator = Translator::new(operation, model, started);
             let lines = stream::translated(Arc::clone(&node), body, translator, meter);
@@ -149,7 +149,7 @@ async fn infer(
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
             r
         }
-        (Dialect::OpenAi, true, false) => {
+        (_, true, false) => {
             let bytes = read(body).await?;
             let json: Value = serde_json::from_slice(&bytes)
                 .map_err(|e| meter.fail(GatewayError::bad_node_answer(&node, e)))?;
