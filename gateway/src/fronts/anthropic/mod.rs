@@ -21,7 +21,6 @@ use http::{HeaderValue, header};
 use meshgate_proto::anthropic::{CountTokensRequest, MessagesRequest};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 use crate::errors::GatewayError;
 use crate::errors::render::AnthropicError;
@@ -29,7 +28,7 @@ use crate::fronts::body::Checked;
 use crate::fronts::events::{Event, events};
 use crate::fronts::native::{self, Watch};
 use crate::fronts::{self, answer};
-use crate::request::{Dialect, GatewayRequest, Inbound, Operation, Routed};
+use crate::request::{Dialect, GatewayRequest, Inbound, Operation};
 use crate::state::AppState;
 use crate::telemetry::meter::{Meter, Tokens};
 use crate::translate::anthropic::{self as translate, Translator};
@@ -74,20 +73,15 @@ async fn create(
     let stream = value.stream.unwrap_or(false);
     let model = value.model.clone();
     let request = GatewayRequest::new(Operation::Messages, value.model, stream, raw, inbound)?;
-    let Routed {
+    let answer::Answered {
         node,
         model: answered_by,
         dialect,
-        response,
+        body,
         meter,
         ..
-    } = app.routing.oneshot(request).await?;
-    let (parts, body) = response.into_parts();
+    } = answer::route(&app, request).await?;
     let max = app.limits.max_response_bytes;
-    if !parts.status.is_success() {
-        let bytes = answer::whole(&node, body, &meter, max).await?;
-        return Err(GatewayError::from_node_answer(&node, parts.status, &bytes).into());
-    }
     let mut response = match (dialect, stream) {
         (Dialect::Anthropic, true) => {
             meter.ready(Duration::ZERO);

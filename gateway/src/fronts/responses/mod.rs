@@ -19,7 +19,6 @@ use futures_util::{StreamExt, future};
 use http::{HeaderValue, header};
 use meshgate_proto::responses::ResponsesRequest;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 use crate::errors::GatewayError;
 use crate::fronts::body::Checked;
@@ -27,7 +26,7 @@ use crate::fronts::events::{Event, events};
 use crate::fronts::native::{self, Watch};
 use crate::fronts::{self, answer};
 use crate::keys::Caller;
-use crate::request::{Dialect, GatewayRequest, Inbound, Operation, Routed};
+use crate::request::{Dialect, GatewayRequest, Inbound, Operation};
 use crate::response_store::{ResponseStore, Stored};
 use crate::state::AppState;
 use crate::telemetry::meter::{Meter, Tokens};
@@ -116,20 +115,15 @@ async fn create(
     let stream = value.stream.unwrap_or(false);
     let model = value.model.clone();
     let request = GatewayRequest::new(Operation::Responses, value.model, stream, body, inbound)?;
-    let Routed {
+    let answer::Answered {
         node,
         model: answered_by,
         dialect,
-        response,
+        body,
         meter,
         ..
-    } = app.routing.oneshot(request).await?;
-    let (parts, body) = response.into_parts();
+    } = answer::route(&app, request).await?;
     let max = app.limits.max_response_bytes;
-    if !parts.status.is_success() {
-        let bytes = answer::whole(&node, body, &meter, max).await?;
-        return Err(GatewayError::from_node_answer(&node, parts.status, &bytes));
-    }
     let mut response = match (dialect, stream) {
         (Dialect::Responses, true) => {
             meter.ready(Duration::ZERO);
