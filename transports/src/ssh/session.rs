@@ -292,27 +292,34 @@ impl Session {
                     return Err(error.to_transport());
                 }
             }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => {
-                    return Err(TransportError::new(
-                        Phase::Connect,
-                        Kind::Closed,
-                        "ssh session stopped",
-                    ));
-                }
-                Err(_) => {
-                    return Err(TransportError::new(
-                        Phase::Connect,
-                        Kind::Timeout,
-                        format!(
-                            "ssh connection to {} not ready within {:?}",
-                            self.shared.target.alias,
-                            self.connect_timeout()
-                        ),
-                    ));
-                }
-            }
+            self.changed_by(&mut rx, deadline, "ready").await?;
+        }
+    }
+
+    /// Waits for the connection's state to change, until `deadline` ("ssh connection to
+    /// X not {what} within ...").
+    async fn changed_by(
+        &self,
+        rx: &mut watch::Receiver<Conn>,
+        deadline: Instant,
+        what: &str,
+    ) -> Result<(), TransportError> {
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(TransportError::new(
+                Phase::Connect,
+                Kind::Closed,
+                "ssh session stopped",
+            )),
+            Err(_) => Err(TransportError::new(
+                Phase::Connect,
+                Kind::Timeout,
+                format!(
+                    "ssh connection to {} not {what} within {:?}",
+                    self.shared.target.alias,
+                    self.connect_timeout()
+                ),
+            )),
         }
     }
 
@@ -343,27 +350,7 @@ impl Session {
                 Conn::Failed { error, .. } => return Err(error.to_transport()),
                 Conn::Up { .. } | Conn::Connecting { .. } | Conn::BackingOff { .. } => {}
             }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => {
-                    return Err(TransportError::new(
-                        Phase::Connect,
-                        Kind::Closed,
-                        "ssh session stopped",
-                    ));
-                }
-                Err(_) => {
-                    return Err(TransportError::new(
-                        Phase::Connect,
-                        Kind::Timeout,
-                        format!(
-                            "ssh connection to {} not back within {:?}",
-                            self.shared.target.alias,
-                            self.connect_timeout()
-                        ),
-                    ));
-                }
-            }
+            self.changed_by(&mut rx, deadline, "back").await?;
         }
     }
 
