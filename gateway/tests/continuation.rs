@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::openai_only::OpenAiOnly;
 use common::*;
 use http::StatusCode;
 use http_body_util::BodyExt;
@@ -230,4 +231,47 @@ async fn a_client_can_opt_out_with_a_header() {
     assert!(!stream.headers.contains_key("x-meshgate-continuation"));
     assert_cut(&stream.collect().await);
     assert_eq!(chat_count(&b), 0);
+}
+
+#[tokio::test]
+async fn an_ollama_stream_translated_for_openai_only_nodes_is_continued_too() {
+    let (a, b) = (sim12("a").await, sim12("b").await);
+    let (a_only, b_only) = (
+        OpenAiOnly::start(&a.url()).await,
+        OpenAiOnly::start(&b.url()).await,
+    );
+    let mut config = probe_once(config_for(&[
+        ("a", a_only.url.clone()),
+        ("b", b_only.url.clone()),
+    ]));
+    config.nodes[1].priority = 2;
+    config.routing.continue_streams = true;
+    for node in &mut config.nodes {
+        node.continue_prefix = true;
+    }
+    let gw = gateway(config).await;
+    let uncut = transcript(&b).await;
+    a.set_faults(Faults {
+        drop_after: Some(CUT_AFTER),
+        ..Faults::default()
+    });
+
+    let (headers, lines) = lines(&gw.url("/api/chat"), chat(true)).await;
+    assert_eq!(headers["x-meshgate-node"], "a");
+    assert!(!lines.iter().any(|l| l.get("error").is_some()), "{lines:?}");
+    assert_eq!(lines.last().unwrap()["done"], true, "{lines:?}");
+    assert_eq!(ndjson_text(&lines), uncut);
+    // b was asked in OpenAI's shape, with what a had sent as the assistant's prefill.
+    let asked = b_only.inference_requests();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    let (path, body) = &asked[0];
+    assert_eq!(path, "/v1/chat/completions");
+    let last = body["messages"].as_array().unwrap().last().unwrap();
+    assert_eq!(last["role"], "assistant");
+    let prefill = last["content"].as_str().unwrap();
+    assert!(
+        !prefill.is_empty() && uncut.starts_with(prefill),
+        "{prefill:?}"
+    );
+    assert_eq!(continuations(&gw, "continued").await, 1);
 }

@@ -225,18 +225,22 @@ impl Splice {
                 let Some(continued) = &self.continued else {
                     return Some(unit);
                 };
-                let choice = &mut json["choices"][0];
-                let finished = !choice["finish_reason"].is_null();
-                let has_tools = choice["delta"].get("tool_calls").is_some();
-                let empty = choice["delta"]["content"]
-                    .as_str()
-                    .is_none_or(str::is_empty);
-                let had_role = choice["delta"]
-                    .as_object_mut()
-                    .is_some_and(|delta| delta.remove("role").is_some());
-                if had_role && empty && !has_tools && !finished {
-                    // The continuing node's own opening: the client had one.
-                    return None;
+                // (A usage chunk has no choice.)
+                let mut finished = false;
+                if let Some(choice) = json.pointer_mut("/choices/0") {
+                    finished = !choice["finish_reason"].is_null();
+                    let has_tools = choice["delta"].get("tool_calls").is_some();
+                    let empty = choice["delta"]["content"]
+                        .as_str()
+                        .is_none_or(str::is_empty);
+                    let had_role = choice
+                        .get_mut("delta")
+                        .and_then(Value::as_object_mut)
+                        .is_some_and(|delta| delta.remove("role").is_some());
+                    if had_role && empty && !has_tools && !finished {
+                        // The continuing node's own opening: the client had one.
+                        return None;
+                    }
                 }
                 json["id"] = self.id.clone().unwrap_or(Value::Null);
                 json["model"] = self.model.clone().unwrap_or(Value::Null);
