@@ -64,8 +64,10 @@ impl Inbound {
 
     /// The conversation a request belongs to: the client's own key (`prompt_cache_key`,
     /// `user`) if it gave one, else its `x-session-id`, else the conversation's stable
-    /// prefix (its first messages: the system prompt and the first turn), hashed. Only a
-    /// hash is kept: a key of any length or content is never logged or a label.
+    /// prefix (its first two messages: the system prompt and the first turn, or the
+    /// first turn and its answer), hashed. A lone message is not a conversation yet: it
+    /// goes by load. Only a hash is kept: a key of any length or content is never logged
+    /// or a label.
     pub fn with_conversation<'a>(
         mut self,
         explicit: Option<&str>,
@@ -73,9 +75,13 @@ impl Inbound {
     ) -> Self {
         self.conversation = match explicit {
             Some(key) => Some(conversation_key([key.as_bytes()])),
-            None => self
-                .conversation
-                .or_else(|| Some(conversation_key(prefix.into_iter().map(str::as_bytes)))),
+            None => self.conversation.or_else(|| {
+                let mut first = prefix.into_iter();
+                match (first.next(), first.next()) {
+                    (Some(a), Some(b)) => Some(conversation_key([a.as_bytes(), b.as_bytes()])),
+                    _ => None,
+                }
+            }),
         };
         self
     }
