@@ -212,7 +212,11 @@ impl Splice {
             self.finished = true;
             return Some(unit);
         }
-        let Ok(mut json) = serde_json::from_str::<Value>(&data) else {
+        // Not a chunk (nor a line) meshgate can read: passed on as it came.
+        let Some(mut json) = serde_json::from_str::<Value>(&data)
+            .ok()
+            .filter(Value::is_object)
+        else {
             return Some(unit);
         };
         match self.format {
