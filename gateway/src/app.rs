@@ -12,7 +12,8 @@
 //!   observe (request span and record) ─► authorize model ─► failover (retry on another
 //!   node, budgeted) ─► balance (model, tiers, breaker, P2C, slots, bounded queue)
 //!   ─► attempt (translate for the node, attempt span, transport, first-byte timeout)
-//! the front relays the answer: SSE event by event (in-band error if cut), or whole
+//! the front relays the answer: SSE event by event (in-band error if cut, or, with
+//!   `[routing] continue_streams`, a chat stream continued on another node), or whole
 //! operator routes: /metrics, /status.json (behind the edge, or public with
 //!   `[telemetry] public`), /status (a page without data, always public)
 //! ```
@@ -29,6 +30,7 @@
 //! | `GatewayRequest::meter` | field | `routing::observe` | `routing::attempt` (node time, per-node metrics, span) |
 //! | `GatewayRequest::tried` | field | `routing::failover` | `routing::balance` (avoid), `routing::attempt` (number) |
 //! | `Routed::meter` | field | `routing::observe` | fronts (tokens, ready, late failure) |
+//! | `Inbound::no_continue` | field | `Inbound::new` (`x-meshgate-continue: false`) | REST and Ollama chat handlers (`fronts::continuation`) |
 //!
 //! The gRPC front and the Ollama surface are routes in the same router, behind the same
 //! edge; each can also have a listener of its own (`[grpc] listen`, `[ollama] listen`).
@@ -70,7 +72,7 @@ use crate::nodes::groups::Groups;
 use crate::nodes::{Nodes, Plan, SessionPool};
 use crate::response_store::ResponseStore;
 use crate::routing::{Attempt, AuthorizeModel, Balance, Failover, ObserveLayer};
-pub use crate::state::{AppState, Limits, RoutingService};
+pub use crate::state::{AppState, Continuation, Limits, RoutingService};
 use crate::status::{self, ConfigStatus, StatusState};
 
 /// Which layers to assemble.
@@ -569,6 +571,10 @@ impl Parts<'_> {
             nodes: Arc::clone(nodes),
             limits,
             responses: Arc::clone(self.responses),
+            continuation: Continuation {
+                enabled: config.routing.continue_streams,
+                outcomes: metrics.continuations.clone(),
+            },
         };
 
         let (grpc, grpc_health) = fronts::grpc::routes(state.clone());

@@ -280,6 +280,11 @@ pub struct RoutingConfig {
     pub affinity: bool,
     /// ... where overloaded is more than (1 + this) x the tier's mean requests in flight.
     pub affinity_slack: f64,
+    /// A chat stream cut after some text is continued on another node of the model with
+    /// `continue_prefix = true`, the text so far sent as a prefilled assistant message,
+    /// and spliced onto the client's stream. A request opts out with
+    /// `x-meshgate-continue: false`.
+    pub continue_streams: bool,
 }
 
 impl Default for RoutingConfig {
@@ -291,6 +296,7 @@ impl Default for RoutingConfig {
             queue_depth: 32,
             affinity: true,
             affinity_slack: 0.25,
+            continue_streams: false,
         }
     }
 }
@@ -444,6 +450,11 @@ pub struct NodeConfig {
     /// the node does not speak are translated to chat completions.
     #[serde(default)]
     pub apis: Option<Vec<crate::operation::Api>>,
+    /// The node continues a chat whose last message is a prefilled assistant message
+    /// (instead of answering it): a cut stream may be continued here, see
+    /// `[routing] continue_streams`. Off unless the operator knows its server does.
+    #[serde(default)]
+    pub continue_prefix: bool,
 }
 
 /// A name clients ask for, and the models that may answer it (`[[models]]`).
@@ -533,6 +544,7 @@ impl NodeConfig {
             max_sessions: default_max_sessions(),
             aliases: Default::default(),
             apis: None,
+            continue_prefix: false,
         }
     }
 }

@@ -91,6 +91,12 @@ pub struct AttemptLabels {
     pub outcome: &'static str,
 }
 
+/// `continued` or `failed` (the client got the in-band error).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ScopeLabels {
     pub scope: &'static str,
@@ -111,6 +117,7 @@ pub struct Metrics {
     pub failovers: Counter,
     pub gave_up: Counter,
     pub rate_limited: Family<ScopeLabels, Counter>,
+    pub continuations: Family<OutcomeLabels, Counter>,
     models: RwLock<HashSet<Arc<str>>>,
 }
 
@@ -195,6 +202,12 @@ impl Metrics {
             "Requests refused by a rate limit, by scope (requests, tokens)",
             rate_limited.clone(),
         );
+        let continuations = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "stream_continuations",
+            "Cut chat streams meshgate tried to continue on another node, by outcome",
+            continuations.clone(),
+        );
         registry.register_collector(Box::new(NodeCollector(nodes)));
         registry.register_collector(Box::new(SshCollector));
         registry.register_collector(Box::new(ForwardCollector(forwards)));
@@ -210,6 +223,7 @@ impl Metrics {
             failovers,
             gave_up,
             rate_limited,
+            continuations,
             models: RwLock::default(),
         })
     }

@@ -32,6 +32,9 @@ pub struct Inbound {
     /// The conversation, for prompt-cache affinity: the client's `x-session-id` here;
     /// a front may set a better key from the body ([`Inbound::with_conversation`]).
     pub conversation: Option<u64>,
+    /// The client said `x-meshgate-continue: false`: a cut stream is not continued on
+    /// another node (see `fronts::continuation`).
+    pub no_continue: bool,
 }
 
 impl Inbound {
@@ -53,6 +56,9 @@ impl Inbound {
             conversation: client_headers
                 .get("x-session-id")
                 .map(|v| conversation_key([v.as_bytes()])),
+            no_continue: client_headers
+                .get("x-meshgate-continue")
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"false")),
         }
     }
 
@@ -142,6 +148,7 @@ impl GatewayRequest {
             caller,
             arrived,
             conversation,
+            ..
         } = inbound;
         Ok(Self {
             operation,

@@ -3,7 +3,11 @@
 
 use std::sync::Arc;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
 use crate::errors::GatewayError;
+use crate::metrics::OutcomeLabels;
 use crate::nodes::Nodes;
 use crate::request::{GatewayRequest, Routed};
 use crate::response_store::ResponseStore;
@@ -26,4 +30,15 @@ pub struct AppState {
     pub limits: Limits,
     /// Kept Responses-API responses (outlives reloads).
     pub responses: Arc<ResponseStore>,
+    /// Mid-stream continuation of chat streams (see `fronts::continuation`).
+    pub continuation: Continuation,
+}
+
+/// What continuing a cut chat stream needs besides the routing service.
+#[derive(Clone)]
+pub struct Continuation {
+    /// `[routing] continue_streams`.
+    pub enabled: bool,
+    /// `meshgate_stream_continuations_total{outcome}`.
+    pub outcomes: Family<OutcomeLabels, Counter>,
 }

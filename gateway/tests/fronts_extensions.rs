@@ -52,6 +52,10 @@ async fn extensions_and_request_ids_reach_routing_from_every_front() {
             16,
             std::time::Duration::from_secs(60),
         )),
+        continuation: meshgate::app::Continuation {
+            enabled: false,
+            outcomes: Default::default(),
+        },
     };
     let keys = Keys::from_config(&[KeyConfig {
         name: "alice".into(),

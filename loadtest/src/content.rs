@@ -132,6 +132,24 @@ impl Prompt {
         if i == 0 { &word[1..] } else { word }
     }
 
+    /// The reply of `n` tokens after its first `skip` bytes, token by token: what a
+    /// server that continues a prefilled assistant message sends when the prefill is
+    /// the reply's first `skip` bytes (the rest of the token `skip` falls in, then the
+    /// whole tokens after it). With `skip` 0, every token.
+    pub(crate) fn reply_after(&self, n: u32, skip: usize) -> Vec<&'static str> {
+        let mut at = 0;
+        let mut out = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            let token = self.token(i);
+            let end = at + token.len();
+            if end > skip {
+                out.push(&token[skip.saturating_sub(at)..]);
+            }
+            at = end;
+        }
+        out
+    }
+
     /// The whole reply of `n` tokens, as one string.
     pub(crate) fn reply(&self, n: u32) -> String {
         let mut s = String::with_capacity(n as usize * 8);
@@ -223,6 +241,17 @@ mod tests {
         assert_ne!(a.reply(16), Prompt::of("hello their").reply(16));
         assert_eq!(a.reply(16).split(' ').count(), 16);
         assert!(!a.reply(16).starts_with(' '));
+    }
+
+    #[test]
+    fn a_reply_after_any_prefix_completes_the_reply() {
+        let p = Prompt::of("hello there");
+        let whole = p.reply(8);
+        assert_eq!(p.reply_after(8, 0).concat(), whole);
+        for skip in 0..=whole.len() + 2 {
+            let rest = p.reply_after(8, skip).concat();
+            assert_eq!(format!("{}{rest}", &whole[..skip.min(whole.len())]), whole);
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use meshgate_proto::ollama::{
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::content::{Prompt, embedding, mix64, reply_len};
+use crate::content::{Prompt, count_words, embedding, mix64, reply_len};
 use crate::faults::Latency;
 use crate::node::{ApiError, Ctx, NDJSON, Named, Node, Reply, parse};
 use crate::stats::Route;
@@ -200,20 +200,32 @@ async fn chat_reply(node: &Node, req: ChatRequest, ctx: Ctx) -> Result<Reply, Ap
             }),
         )));
     }
+    // A prefilled assistant message last: continue the reply to the turns before it,
+    // from where that message ends.
+    let (asked, prefill) = match req.messages.split_last() {
+        Some((last, rest)) if last.role == "assistant" && !rest.is_empty() => {
+            (rest, last.content.as_str())
+        }
+        _ => (&req.messages[..], ""),
+    };
     let mut prompt = Prompt::default();
-    req.messages.iter().for_each(|m| prompt.push(&m.content));
+    asked.iter().for_each(|m| prompt.push(&m.content));
     let (n, reason) = reply_len(node.tokens, num_predict(req.options.as_ref()));
-    let stats = done_stats(ctx.latency, prompt.tokens(), n, reason);
+    let pieces = prompt.reply_after(n, prefill.len());
+    let n = pieces.len() as u32;
+    let prompt_tokens = prompt.tokens() + count_words(prefill);
+    let stats = done_stats(ctx.latency, prompt_tokens, n, reason);
 
     if req.stream != Some(false) {
-        let mut lines: Vec<Bytes> = (0..n)
-            .map(|i| ndjson(&line(prompt.token(i), None)))
+        let mut lines: Vec<Bytes> = pieces
+            .iter()
+            .map(|piece| ndjson(&line(piece, None)))
             .collect();
         lines.push(ndjson(&line("", Some(stats))));
         return Ok(Reply::stream(&ctx, NDJSON, lines, 0, n));
     }
     ctx.latency.wait(n).await;
-    Ok(Reply::json(&line(&prompt.reply(n), Some(stats))))
+    Ok(Reply::json(&line(&pieces.concat(), Some(stats))))
 }
 
 async fn generate_reply(node: &Node, req: GenerateRequest, ctx: Ctx) -> Result<Reply, ApiError> {

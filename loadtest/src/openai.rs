@@ -17,7 +17,7 @@ use meshgate_proto::openai::{
 };
 use serde::Serialize;
 
-use crate::content::{Prompt, embedding, embedding_base64, reply_len, tool_call};
+use crate::content::{Prompt, count_words, embedding, embedding_base64, reply_len, tool_call};
 use crate::node::{ApiError, Ctx, Named, Node, Reply, SSE, parse};
 use crate::stats::Route;
 use crate::wallclock::unix_secs;
@@ -136,8 +136,17 @@ async fn chat(node: &Node, req: ChatCompletionRequest, ctx: Ctx) -> Result<Reply
         ));
     }
     let limit = token_limit(req.max_completion_tokens, req.max_tokens)?;
+    // A prefilled assistant message last: continue the reply to the turns before it,
+    // from where that message ends.
+    let (asked, prefill) = match req.messages.split_last() {
+        Some((last, rest)) if last.role == "assistant" && !rest.is_empty() => (
+            rest,
+            last.content.as_ref().map(|c| c.text()).unwrap_or_default(),
+        ),
+        _ => (&req.messages[..], String::new()),
+    };
     let mut prompt = Prompt::default();
-    for message in &req.messages {
+    for message in asked {
         match &message.content {
             Some(MessageContent::Text(text)) => prompt.push(text),
             Some(MessageContent::Parts(parts)) => parts
@@ -156,7 +165,9 @@ async fn chat(node: &Node, req: ChatCompletionRequest, ctx: Ctx) -> Result<Reply
         }
     }
     let (n, finish) = reply_len(node.tokens, limit);
-    let usage = Usage::new(prompt.tokens(), n);
+    let pieces = prompt.reply_after(n, prefill.len());
+    let n = pieces.len() as u32;
+    let usage = Usage::new(prompt.tokens() + count_words(&prefill), n);
     let id = format!("chatcmpl-{:016x}", ctx.id);
     let created = unix_secs();
 
@@ -239,11 +250,11 @@ async fn chat(node: &Node, req: ChatCompletionRequest, ctx: Ctx) -> Result<Reply
             },
             None,
         )));
-        for i in 0..n {
+        for piece in &pieces {
             events.push(sse(&chunk(
                 Delta {
                     role: None,
-                    content: Some(prompt.token(i).into()),
+                    content: Some((*piece).into()),
                 },
                 None,
             )));
@@ -270,7 +281,7 @@ async fn chat(node: &Node, req: ChatCompletionRequest, ctx: Ctx) -> Result<Reply
             index: 0,
             message: AssistantMessage {
                 role: "assistant".into(),
-                content: Some(prompt.reply(n)),
+                content: Some(pieces.concat()),
             },
             finish_reason: Some(finish.into()),
         }],

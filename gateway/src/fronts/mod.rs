@@ -7,6 +7,7 @@
 pub mod answer;
 pub mod anthropic;
 pub mod body;
+pub mod continuation;
 pub mod events;
 pub mod grpc;
 pub mod native;

@@ -249,10 +249,16 @@ pub struct EventStream {
 
 impl EventStream {
     pub async fn open(url: &str, body: String) -> Self {
-        let request = http::Request::post(url)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .unwrap();
+        Self::open_with(url, body, &[]).await
+    }
+
+    /// [`EventStream::open`] with extra request headers.
+    pub async fn open_with(url: &str, body: String, headers: &[(&str, &str)]) -> Self {
+        let mut request = http::Request::post(url).header("content-type", "application/json");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Full::new(Bytes::from(body))).unwrap();
         let response = client().request(request).await.expect("gateway answers");
         let (parts, body) = response.into_parts();
         Self {

@@ -20,7 +20,7 @@ use super::{OllamaJson, stream};
 use crate::errors::GatewayError;
 use crate::errors::render::OllamaError;
 use crate::fronts::body::Checked;
-use crate::fronts::{self, answer};
+use crate::fronts::{self, answer, continuation};
 use crate::nodes::{Node, Nodes};
 use crate::request::{Dialect, GatewayRequest, Inbound, Operation, Routed};
 use crate::state::AppState;
@@ -96,7 +96,14 @@ async fn infer(
 ) -> Result<Response, OllamaError> {
     let started = Instant::now();
     let routed_model = resolve(&app.nodes, &model);
+    let no_continue = inbound.no_continue;
     let request = GatewayRequest::new(operation, routed_model, stream, raw, inbound)?;
+    let template = continuation::template(&app, &request, no_continue);
+    let continuing = template.is_some();
+    let mut routed = app.routing.clone().oneshot(request).await?;
+    if let Some(template) = template {
+        routed = continuation::wrap(&app, template, routed);
+    }
     let Routed {
         node,
         model: answered_by,
@@ -104,7 +111,7 @@ async fn infer(
         response,
         meter,
         ..
-    } = app.routing.clone().oneshot(request).await?;
+    } = routed;
     let (mut parts, body) = response.into_parts();
     let max = app.limits.max_response_bytes;
     let ok = parts.status.is_success();
@@ -161,6 +168,11 @@ async fn infer(
         }
     };
     fronts::label(response.headers_mut(), &node, &answered_by);
+    if continuing && ok && stream {
+        response
+            .headers_mut()
+            .insert(continuation::HEADER, HeaderValue::from_static("enabled"));
+    }
     Ok(response)
 }
 

@@ -15,6 +15,7 @@ use super::relay;
 use crate::errors::GatewayError;
 use crate::errors::render::is_grpc;
 use crate::fronts::body::Checked;
+use crate::fronts::continuation;
 use crate::request::{GatewayRequest, Inbound, Operation};
 use crate::state::AppState;
 
@@ -32,6 +33,7 @@ pub async fn chat_completions(
         .map(|m| m.content.as_ref().map(|c| c.text()).unwrap_or_default())
         .collect();
     let inbound = inbound.with_conversation(explicit, prefix.iter().map(String::as_str));
+    let no_continue = inbound.no_continue;
     let request = GatewayRequest::new(
         Operation::ChatCompletions,
         value.model,
@@ -39,7 +41,13 @@ pub async fn chat_completions(
         raw,
         inbound,
     )?;
-    route(app, request).await
+    let template = continuation::template(&app, &request, no_continue);
+    let stream = request.stream;
+    let mut routed = app.routing.clone().oneshot(request).await?;
+    if let Some(template) = template {
+        routed = continuation::wrap(&app, template, routed);
+    }
+    relay::relay(routed, stream, app.limits.max_response_bytes).await
 }
 
 pub async fn completions(
