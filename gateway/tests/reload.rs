@@ -133,6 +133,17 @@ async fn an_invalid_reload_changes_nothing_and_says_why() {
     assert_eq!(status["config"]["reloads"], 0);
     let shown = status["config"]["last_error"]["error"].as_str().unwrap();
     assert!(shown.contains("ghost"), "{shown}");
+
+    // A change to the balancer's settings (or keys, limits, retries) keeps the nodes.
+    let mut tuned = config_for(&[("a", a.url())]);
+    tuned.routing.affinity = false;
+    tuned.routing.queue_depth = 3;
+    tuned.retry.max_attempts = 2;
+    gw.handle.reload(&tuned).await.unwrap();
+    assert!(
+        Arc::ptr_eq(&before[0], &gw.nodes.list()[0]),
+        "the node was rebuilt"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,7 +30,7 @@ pub use body::{InFlight, NodeBody};
 pub use discovery::{Found, Probe, probe};
 pub use plan::{Plan, SessionPool, ssh_config_path};
 
-use crate::config::{BreakerConfig, Config, NodeConfig, RoutingConfig, Timeouts, TransportKind};
+use crate::config::{BreakerConfig, Config, NodeConfig, Timeouts, TransportKind};
 use breaker::{Admission, Breaker, State as BreakerState};
 use ewma::PeakEwma;
 use groups::Groups;
@@ -124,7 +124,10 @@ pub struct Node {
 pub struct NodeSpec {
     pub config: NodeConfig,
     timeouts: Timeouts,
-    routing: RoutingConfig,
+    /// The latency estimate's start and decay (`[routing]`'s other keys are the
+    /// balancer's: changing them keeps the nodes).
+    default_ttft: Duration,
+    ewma_decay: Duration,
     breaker: BreakerConfig,
     /// A model's breaker backs off at most one discovery interval: a model that
     /// recovers is used again within one probe interval.
@@ -144,7 +147,8 @@ impl NodeSpec {
         Ok(Self {
             config: config.clone(),
             timeouts: global.timeouts.with(&config.timeouts),
-            routing: global.routing,
+            default_ttft: global.routing.default_ttft,
+            ewma_decay: global.routing.ewma_decay,
             breaker: global.breaker,
             model_breaker: BreakerConfig {
                 max_backoff: global.breaker.max_backoff.min(global.discovery.interval),
@@ -264,10 +268,7 @@ impl Node {
                 .map(|n| Arc::new(Semaphore::new(n as usize))),
             waiting: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
-            ttft: Mutex::new(PeakEwma::new(
-                spec.routing.default_ttft,
-                spec.routing.ewma_decay,
-            )),
+            ttft: Mutex::new(PeakEwma::new(spec.default_ttft, spec.ewma_decay)),
             breaker: Mutex::new(Breaker::new(spec.breaker)),
             model_breakers: Mutex::default(),
             cooling_until: Mutex::default(),
