@@ -262,12 +262,19 @@ async fn clients_through_meshgate_to_real_llama_servers_and_a_server_killed_mid_
     reply.assert_error(StatusCode::BAD_REQUEST, "context_length_exceeded");
 
     // The official clients: openai (chat, stream, usage, models, responses), ollama, gRPC.
-    python("real_model.py", &[gw.url("/v1"), gw.url(""), gw.addr.to_string()]).await;
+    python(
+        "real_model.py",
+        &[gw.url("/v1"), gw.url(""), gw.addr.to_string()],
+    )
+    .await;
 
     // llama-server killed mid-stream: the client gets the in-band error, no [DONE].
     let mut stream = EventStream::open(&gw.url("/v1/chat/completions"), chat(400, true)).await;
     assert_eq!(stream.status, StatusCode::OK);
-    let node = stream.headers["x-meshgate-node"].to_str().unwrap().to_owned();
+    let node = stream.headers["x-meshgate-node"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let mut events = Vec::new();
     for _ in 0..3 {
         events.push(stream.next().await.expect("tokens before the kill"));
