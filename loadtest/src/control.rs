@@ -23,6 +23,11 @@ struct LatencyMs {
     token_delay_ms: Option<u64>,
 }
 
+/// `GET /health` as llama-server answers it once its model is loaded.
+pub(crate) async fn health() -> Response {
+    axum::Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
 pub(crate) async fn stats(State(node): State<Arc<Node>>) -> Response {
     Json(node.stats()).into_response()
 }

@@ -259,7 +259,11 @@ async fn chat(node: &Node, req: ChatCompletionRequest, ctx: Ctx) -> Result<Reply
                 None,
             )));
         }
-        events.push(sse(&chunk(Delta::default(), Some(finish))));
+        // llama.cpp puts `timings` on its last chunk (the one with finish_reason).
+        events.push(sse(&WithTimings {
+            answer: chunk(Delta::default(), Some(finish)),
+            timings: timings(&ctx.latency, usage.prompt_tokens, n),
+        }));
         if include_usage {
             let mut last = chunk(Delta::default(), None);
             last.choices.clear();
@@ -272,7 +276,8 @@ async fn chat(node: &Node, req: ChatCompletionRequest, ctx: Ctx) -> Result<Reply
     }
 
     ctx.latency.wait(n).await;
-    Ok(Reply::json(&ChatCompletion {
+    let timings = timings(&ctx.latency, usage.prompt_tokens, n);
+    let answer = ChatCompletion {
         id,
         object: "chat.completion".into(),
         created,
@@ -286,7 +291,42 @@ async fn chat(node: &Node, req: ChatCompletionRequest, ctx: Ctx) -> Result<Reply
             finish_reason: Some(finish.into()),
         }],
         usage: Some(usage),
-    }))
+    };
+    Ok(Reply::json(&WithTimings { answer, timings }))
+}
+
+/// An answer with llama.cpp's `timings` after its own fields (in their order).
+#[derive(Serialize)]
+struct WithTimings<T> {
+    #[serde(flatten)]
+    answer: T,
+    timings: serde_json::Value,
+}
+
+/// llama.cpp's `timings` object (llama-server adds it to chat answers): prompt and
+/// generation counts and speeds, here from the node's scripted latency.
+fn timings(latency: &crate::faults::Latency, prompt_n: u32, predicted_n: u32) -> serde_json::Value {
+    let prompt_ms = latency.ttft.as_secs_f64() * 1e3;
+    let predicted_ms = latency.token_delay.as_secs_f64() * 1e3 * f64::from(predicted_n);
+    let per = |ms: f64, n: u32| if n == 0 { 0.0 } else { ms / f64::from(n) };
+    let speed = |ms: f64, n: u32| {
+        if ms == 0.0 {
+            0.0
+        } else {
+            f64::from(n) * 1e3 / ms
+        }
+    };
+    serde_json::json!({
+        "cache_n": 0,
+        "prompt_n": prompt_n,
+        "prompt_ms": prompt_ms,
+        "prompt_per_token_ms": per(prompt_ms, prompt_n),
+        "prompt_per_second": speed(prompt_ms, prompt_n),
+        "predicted_n": predicted_n,
+        "predicted_ms": predicted_ms,
+        "predicted_per_token_ms": per(predicted_ms, predicted_n),
+        "predicted_per_second": speed(predicted_ms, predicted_n),
+    })
 }
 
 async fn complete(node: &Node, req: CompletionRequest, ctx: Ctx) -> Result<Reply, ApiError> {

@@ -45,6 +45,8 @@ pub(crate) fn router(node: Arc<Node>, native_apis: bool) -> Router {
         .route("/api/ps", get(ollama::ps))
         .route("/api/show", post(ollama::show))
         .route("/api/version", get(ollama::version))
+        // llama.cpp's liveness route (llama-server answers 503 while its model loads).
+        .route("/health", get(control::health))
         // Control: not counted, never faulted.
         .route("/sim/stats", get(control::stats))
         .route("/sim/reset", post(control::reset))

@@ -1187,3 +1187,37 @@ async fn serves_h2c_with_prior_knowledge() {
         serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(v["object"], "chat.completion");
 }
+
+#[tokio::test]
+async fn llama_cpp_extras_health_and_timings() {
+    let sim = sim(SimConfig {
+        tokens: 4,
+        ttft: Duration::from_millis(20),
+        token_delay: Duration::from_millis(5),
+        ..SimConfig::default()
+    })
+    .await;
+    let health = get(&sim, "/health").await;
+    assert_eq!(health.status, StatusCode::OK);
+    assert_eq!(health.json(), json!({"status": "ok"}));
+
+    // Whole: `timings` beside `usage`, with the same counts.
+    let a = post(&sim, "/v1/chat/completions", chat_body("time it")).await;
+    let body = a.json();
+    let timings = &body["timings"];
+    assert_eq!(timings["predicted_n"], body["usage"]["completion_tokens"]);
+    assert_eq!(timings["prompt_n"], body["usage"]["prompt_tokens"]);
+    assert_eq!(timings["prompt_ms"], 20.0);
+    assert_eq!(timings["predicted_ms"], 20.0);
+    assert_eq!(timings["predicted_per_second"], 200.0);
+
+    // Streamed: on the chunk that carries finish_reason, as llama-server sends it.
+    let body = with(chat_body("time it"), json!({"stream": true}));
+    let events = sse_events(post(&sim, "/v1/chat/completions", body).await.text());
+    let finish = events
+        .iter()
+        .find(|e| e["choices"][0]["finish_reason"].is_string())
+        .unwrap();
+    assert_eq!(finish["timings"]["predicted_n"], 4, "{finish}");
+    assert!(events.iter().filter(|e| e.get("timings").is_some()).count() == 1);
+}
