@@ -952,6 +952,13 @@ impl Nodes {
         self.index().tiers(model).is_some() || self.groups().get(model).is_some()
     }
 
+    /// Whether some node has not answered or failed a probe yet.
+    pub fn any_unprobed(&self) -> bool {
+        self.list()
+            .iter()
+            .any(|n| n.state().reachability == Reachability::Unknown)
+    }
+
     pub fn any_online(&self) -> bool {
         self.list().iter().any(|n| n.is_online())
     }

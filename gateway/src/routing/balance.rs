@@ -140,6 +140,12 @@ impl<S> Balance<S> {
             return Err(match group {
                 // A group whose models no node serves yet is valid: nodes come and go.
                 Some(_) => GatewayError::NoNodeAvailable(model.to_owned()),
+                // A node not probed yet (meshgate just started, or the node was just
+                // added) may serve it: "not now" (503, which another meshgate in front
+                // fails over on), not "no such model" (404, which it passes back).
+                None if self.nodes.any_unprobed() => {
+                    GatewayError::NoNodeAvailable(model.to_owned())
+                }
                 None => GatewayError::ModelNotFound(model.to_owned()),
             });
         }
