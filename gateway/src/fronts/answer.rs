@@ -69,6 +69,17 @@ pub async fn whole(
     Ok(bytes)
 }
 
+/// [`whole`], parsed as JSON; an answer that is not JSON is the node's failure, booked.
+pub async fn whole_json(
+    node: &str,
+    body: meshgate_transports::Body,
+    meter: &Meter,
+    max_bytes: usize,
+) -> Result<serde_json::Value, GatewayError> {
+    let bytes = whole(node, body, meter, max_bytes).await?;
+    serde_json::from_slice(&bytes).map_err(|e| meter.fail(GatewayError::bad_node_answer(node, e)))
+}
+
 /// `node`'s whole answer `body`, at most `max_bytes`, with nothing booked (for answers
 /// that are not a request's, such as inventory calls).
 pub async fn read(

@@ -29,3 +29,16 @@ pub fn label(headers: &mut http::HeaderMap, node: &str, model: &str) {
         }
     }
 }
+
+/// A relayed event stream: `text/event-stream`, and any reverse proxy in front asked not
+/// to buffer it either.
+pub fn sse_response(body: axum::body::Body) -> axum::response::Response {
+    let mut response = axum::response::IntoResponse::into_response(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert("x-accel-buffering", http::HeaderValue::from_static("no"));
+    response
+}

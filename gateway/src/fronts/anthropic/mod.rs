@@ -17,7 +17,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
 use futures_util::{StreamExt, future};
-use http::{HeaderValue, header};
 use meshgate_proto::anthropic::{CountTokensRequest, MessagesRequest};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -88,7 +87,7 @@ async fn create(
             let watch = NativeWatch {
                 tokens: Tokens::default(),
             };
-            sse_response(axum::body::Body::from_stream(native::relay(
+            fronts::sse_response(axum::body::Body::from_stream(native::relay(
                 Arc::clone(&node),
                 body,
                 meter,
@@ -96,9 +95,7 @@ async fn create(
             )))
         }
         (Dialect::Anthropic, false) => {
-            let bytes = answer::whole(&node, body, &meter, max).await?;
-            let json: Value = serde_json::from_slice(&bytes)
-                .map_err(|e| meter.fail(GatewayError::bad_node_answer(&node, e)))?;
+            let json = answer::whole_json(&node, body, &meter, max).await?;
             if let Some(tokens) = json.get("usage").and_then(Tokens::from_io_usage) {
                 meter.tokens(tokens);
             }
@@ -107,7 +104,7 @@ async fn create(
         (_, true) => {
             meter.ready(Duration::ZERO);
             let translator = Translator::new(model);
-            sse_response(axum::body::Body::from_stream(translated(
+            fronts::sse_response(axum::body::Body::from_stream(translated(
                 Arc::clone(&node),
                 body,
                 translator,
@@ -115,9 +112,7 @@ async fn create(
             )))
         }
         (_, false) => {
-            let bytes = answer::whole(&node, body, &meter, max).await?;
-            let json: Value = serde_json::from_slice(&bytes)
-                .map_err(|e| meter.fail(GatewayError::bad_node_answer(&node, e)))?;
+            let json = answer::whole_json(&node, body, &meter, max).await?;
             if let Some(tokens) = Tokens::from_usage(&json) {
                 meter.tokens(tokens);
             }
@@ -126,17 +121,6 @@ async fn create(
     };
     fronts::label(response.headers_mut(), &node, &answered_by);
     Ok(response)
-}
-
-fn sse_response(body: axum::body::Body) -> Response {
-    let mut r = body.into_response();
-    let headers = r.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    r
 }
 
 /// A node's chat completions stream as Anthropic's event sequence.

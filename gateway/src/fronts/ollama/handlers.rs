@@ -157,9 +157,7 @@ async fn infer(
             r
         }
         (_, true, false) => {
-            let bytes = read(body).await?;
-            let json: Value = serde_json::from_slice(&bytes)
-                .map_err(|e| meter.fail(GatewayError::bad_node_answer(&node, e)))?;
+            let json = answer::whole_json(&node, body, &meter, max).await?;
             if let Some(tokens) = Tokens::from_usage(&json) {
                 meter.tokens(tokens);
             }

@@ -16,7 +16,6 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use bytes::Bytes;
 use futures_util::{StreamExt, future};
-use http::{HeaderValue, header};
 use meshgate_proto::responses::ResponsesRequest;
 use serde_json::{Value, json};
 
@@ -31,8 +30,6 @@ use crate::response_store::{ResponseStore, Stored};
 use crate::state::AppState;
 use crate::telemetry::meter::{Meter, Tokens};
 use crate::translate::responses::{self as translate, Translator, sse};
-
-const SSE: &str = "text/event-stream";
 
 pub fn routes(state: AppState) -> Router {
     Router::new()
@@ -128,7 +125,7 @@ async fn create(
         (Dialect::Responses, true) => {
             meter.ready(Duration::ZERO);
             let watch = NativeWatch { keep, seq: 0 };
-            sse_response(axum::body::Body::from_stream(native::relay(
+            fronts::sse_response(axum::body::Body::from_stream(native::relay(
                 Arc::clone(&node),
                 body,
                 meter,
@@ -136,9 +133,7 @@ async fn create(
             )))
         }
         (Dialect::Responses, false) => {
-            let bytes = answer::whole(&node, body, &meter, max).await?;
-            let mut json: Value = serde_json::from_slice(&bytes)
-                .map_err(|e| meter.fail(GatewayError::bad_node_answer(&node, e)))?;
+            let mut json = answer::whole_json(&node, body, &meter, max).await?;
             book(&meter, &json);
             // The node was sent the rebuilt conversation with `store: false`; the client
             // sees what it asked.
@@ -160,7 +155,7 @@ async fn create(
         (_, true) => {
             meter.ready(Duration::ZERO);
             let translator = Translator::new(&echo, model);
-            sse_response(axum::body::Body::from_stream(translated(
+            fronts::sse_response(axum::body::Body::from_stream(translated(
                 Arc::clone(&node),
                 body,
                 translator,
@@ -169,9 +164,7 @@ async fn create(
             )))
         }
         (_, false) => {
-            let bytes = answer::whole(&node, body, &meter, max).await?;
-            let json: Value = serde_json::from_slice(&bytes)
-                .map_err(|e| meter.fail(GatewayError::bad_node_answer(&node, e)))?;
+            let json = answer::whole_json(&node, body, &meter, max).await?;
             if let Some(tokens) = Tokens::from_usage(&json) {
                 meter.tokens(tokens);
             }
@@ -193,14 +186,6 @@ fn book(meter: &Meter, response: &Value) {
             meter.tokens(tokens);
         }
     }
-}
-
-fn sse_response(body: axum::body::Body) -> Response {
-    let mut r = body.into_response();
-    let headers = r.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(SSE));
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    r
 }
 
 /// A node's chat completions stream as the Responses event sequence.
