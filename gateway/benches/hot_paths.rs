@@ -85,7 +85,7 @@ fn lease(c: &mut Criterion) {
             });
         });
         // Prompt-cache affinity: the conversation's node by rendezvous hashing.
-        let inbound = Inbound::default().with_conversation(Some("conversation-42"), []);
+        let inbound = Inbound::default().with_conversation::<&str>(Some("conversation-42"), []);
         let conversation = GatewayRequest::new(
             Operation::ChatCompletions,
             "llama3.2".into(),

@@ -68,17 +68,21 @@ impl Inbound {
     /// first turn and its answer), hashed. A lone message is not a conversation yet: it
     /// goes by load. Only a hash is kept: a key of any length or content is never logged
     /// or a label.
-    pub fn with_conversation<'a>(
+    /// `prefix` is only read when no key was given.
+    pub fn with_conversation<S: AsRef<str>>(
         mut self,
         explicit: Option<&str>,
-        prefix: impl IntoIterator<Item = &'a str>,
+        prefix: impl IntoIterator<Item = S>,
     ) -> Self {
         self.conversation = match explicit {
             Some(key) => Some(conversation_key([key.as_bytes()])),
             None => self.conversation.or_else(|| {
                 let mut first = prefix.into_iter();
                 match (first.next(), first.next()) {
-                    (Some(a), Some(b)) => Some(conversation_key([a.as_bytes(), b.as_bytes()])),
+                    (Some(a), Some(b)) => Some(conversation_key([
+                        a.as_ref().as_bytes(),
+                        b.as_ref().as_bytes(),
+                    ])),
                     _ => None,
                 }
             }),

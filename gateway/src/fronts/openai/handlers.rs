@@ -1,12 +1,14 @@
 //! Handlers for OpenAI's REST routes, plus health, readiness and the 404/405 fallbacks.
 //! Each inference handler only validates and adapts; routing and relaying are shared.
 
+use std::borrow::Cow;
+
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use http::{Method, StatusCode};
 use meshgate_proto::openai::{
-    ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Model, ModelList,
+    ChatCompletionRequest, CompletionRequest, EmbeddingRequest, MessageContent, Model, ModelList,
 };
 use serde_json::json;
 use tower::ServiceExt;
@@ -26,13 +28,13 @@ pub async fn chat_completions(
 ) -> Result<Response, GatewayError> {
     let stream = value.stream.unwrap_or(false);
     let explicit = value.prompt_cache_key.as_deref().or(value.user.as_deref());
-    let prefix: Vec<String> = value
-        .messages
-        .iter()
-        .take(2)
-        .map(|m| m.content.as_ref().map(|c| c.text()).unwrap_or_default())
-        .collect();
-    let inbound = inbound.with_conversation(explicit, prefix.iter().map(String::as_str));
+    // Borrowed where it can be: a system prompt can be long, and this is every request.
+    let prefix = value.messages.iter().take(2).map(|m| match &m.content {
+        Some(MessageContent::Text(text)) => Cow::Borrowed(text.as_str()),
+        Some(parts) => Cow::Owned(parts.text()),
+        None => Cow::Borrowed(""),
+    });
+    let inbound = inbound.with_conversation(explicit, prefix);
     let no_continue = inbound.no_continue;
     let request = GatewayRequest::new(
         Operation::ChatCompletions,
