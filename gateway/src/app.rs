@@ -238,22 +238,18 @@ impl Gateway {
             }
         };
         let global_limit = built.global_limit.reusing(&config.limits);
-        let kept = plan
-            .nodes
-            .iter()
-            .filter(|n| live.nodes.list().iter().any(|o| Arc::ptr_eq(o, n)))
-            .count();
-        let (added, removed) = (
-            plan.nodes.len() - kept,
-            live.nodes.list().len().saturating_sub(kept),
-        );
-        let warnings = plan.warnings;
+        // The nodes the plan builds anew (the others are kept as they are).
+        let current = live.nodes.list();
         let fresh: Vec<_> = plan
             .nodes
             .iter()
-            .filter(|n| !live.nodes.list().iter().any(|o| Arc::ptr_eq(o, n)))
+            .filter(|n| !current.iter().any(|o| Arc::ptr_eq(o, n)))
             .cloned()
             .collect();
+        let kept = plan.nodes.len() - fresh.len();
+        let (added, removed) = (fresh.len(), current.len().saturating_sub(kept));
+        drop(current);
+        let warnings = plan.warnings;
         crate::nodes::probe_all(&fresh, config.discovery.timeout).await;
         live.nodes.set_groups(Groups::from_config(&config.models));
         live.nodes.replace(plan.nodes);
