@@ -359,16 +359,6 @@ impl Gateway {
             .clone()
     }
 
-    /// Only gRPC (what `[grpc] listen` serves), with the same layers.
-    pub fn grpc_router(&self) -> Router {
-        self.routers().grpc
-    }
-
-    /// Only the Ollama surface (what `[ollama] listen` serves), with the same layers.
-    pub fn ollama_router(&self) -> Router {
-        self.routers().ollama
-    }
-
     /// Bind the configured `[grpc] listen` and `[ollama] listen` addresses, if any.
     pub async fn bind_extra(&self) -> std::io::Result<Vec<(TcpListener, ExtraRouter)>> {
         let config = self.config();

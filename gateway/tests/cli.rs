@@ -6,31 +6,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::bin::*;
 use common::*;
 use meshgate_transports::ssh::testing::descendants;
-
-const BIN: &str = env!("CARGO_BIN_EXE_meshgate");
-
-/// A config file written for one test and removed after it.
-struct TempConfig(std::path::PathBuf);
-
-impl TempConfig {
-    fn new(text: &str) -> Self {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("meshgate-test-{}-{n}.toml", std::process::id()));
-        std::fs::write(&path, text).unwrap();
-        Self(path)
-    }
-}
-
-impl Drop for TempConfig {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_prints_each_node_and_fails_only_when_none_is_usable() {
@@ -105,12 +83,14 @@ fn a_bad_config_names_the_key_and_exits_non_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_streams_a_reply_and_serves_the_mesh() {
-    let mut child = Command::new(BIN)
-        .args(["demo", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Running(
+        Command::new(BIN)
+            .args(["demo", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let stdout = child.stdout.take().unwrap();
     let (lines_tx, lines_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -173,22 +153,6 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-/// SIGTERM, then wait (bounded) for the process to exit; SIGKILL if it does not.
-async fn terminate(child: &mut std::process::Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    for _ in 0..250 {
-        if child.try_wait().unwrap().is_some() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    panic!("the process did not exit within 5 s of SIGTERM");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_key_can_come_from_the_environment() {
     let node = sim("a", &["llama3.2"]).await;
@@ -198,13 +162,15 @@ async fn an_api_key_can_come_from_the_environment() {
          [[nodes]]\nname = \"a\"\nurl = \"{}\"\n",
         node.url()
     ));
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config.0)
-        .env("MESHGATE_TEST_KEY", "sk-from-env")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = Running(
+        Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config.0)
+            .env("MESHGATE_TEST_KEY", "sk-from-env")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let base = format!("http://127.0.0.1:{port}");
     wait_ready(&base).await;
     let call = |key: &'static str| {
@@ -218,22 +184,7 @@ async fn an_api_key_can_come_from_the_environment() {
     };
     assert_eq!(call("sk-from-env").await.unwrap().status(), 200);
     assert_eq!(call("sk-other").await.unwrap().status(), 401);
-    child.kill().unwrap();
-    child.wait().unwrap();
-}
-
-/// Wait (up to 10 s) until the gateway at `base` answers `/readyz` with 200.
-async fn wait_ready(base: &str) {
-    for _ in 0..500 {
-        if client()
-            .get(format!("{base}/readyz").parse().unwrap())
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    drop(child);
 }
 
 /// Serve with `args` until ready, stop with SIGTERM, and return what it logged.
@@ -244,14 +195,7 @@ async fn logs_of_a_serve_run(args: &[&str]) -> String {
         "[server]\nlisten = \"127.0.0.1:{port}\"\n[[nodes]]\nname = \"a\"\nurl = \"{}\"\n",
         node.url()
     ));
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config.0)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_serve(&config, args, Stdio::piped());
     let base = format!("http://127.0.0.1:{port}");
     wait_ready(&base).await;
     terminate(&mut child).await;
@@ -282,27 +226,6 @@ async fn logs_are_plain_text_off_a_terminal_and_json_on_request() {
         .collect();
     assert!(messages.contains(&"meshgate serving"), "{json}");
     assert!(lines.iter().all(|l| l["level"].is_string()), "{json}");
-}
-
-/// Start `meshgate serve --config <config>` on `port` and wait until it is ready.
-async fn serve(config: &TempConfig, port: u16) -> (std::process::Child, String) {
-    let child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config.0)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    wait_ready(&base).await;
-    (child, base)
-}
-
-fn signal(child: &std::process::Child, name: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{name}"), &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -247,15 +247,16 @@ async fn an_unknown_grpc_service_is_unimplemented() {
 
 #[tokio::test]
 async fn a_grpc_listener_of_its_own_serves_only_grpc() {
+    // Started as an operator starts it: `[grpc] listen` in the config of the binary.
     let a = sim("a", &["llama3.2"]).await;
-    let config = config_for(&[("a", a.url())]);
-    let gateway = meshgate::Gateway::new(&config).unwrap();
-    let nodes = std::sync::Arc::clone(gateway.nodes());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let router = gateway.grpc_router();
-    let server = tokio::spawn(async move { axum::serve(listener, router).await });
-    wait_until(|| nodes.any_online()).await;
+    let (port, grpc_port) = (free_port(), free_port());
+    let config = bin::TempConfig::new(&format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n[grpc]\nlisten = \"127.0.0.1:{grpc_port}\"\n\
+         [[nodes]]\nname = \"a\"\nurl = \"{}\"\n",
+        a.url()
+    ));
+    let (_meshgate, _) = bin::serve(&config, port).await;
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], grpc_port).into();
 
     let reply = inference(addr)
         .chat_completion(chat("llama3.2"))
@@ -270,6 +271,4 @@ async fn a_grpc_listener_of_its_own_serves_only_grpc() {
     )
     .await;
     assert_eq!(rest.status, http::StatusCode::NOT_FOUND);
-    server.abort();
-    drop(gateway);
 }

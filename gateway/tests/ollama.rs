@@ -284,15 +284,7 @@ async fn errors_are_ollama_shaped_and_bad_input_reaches_no_node() {
     assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(reply.json()["error"].as_str().unwrap().contains("1024"));
 
-    let inference: u64 = [
-        "/api/chat",
-        "/api/generate",
-        "/v1/chat/completions",
-        "/api/show",
-    ]
-    .iter()
-    .filter_map(|r| a.stats().by_route.get(*r).copied())
-    .sum();
+    let inference = inference_count(&a);
     assert_eq!(
         inference,
         0,
@@ -361,15 +353,16 @@ async fn a_name_without_a_tag_finds_the_latest_tag() {
 
 #[tokio::test]
 async fn an_ollama_listener_of_its_own_is_a_drop_in() {
+    // Started as an operator starts it: `[ollama] listen` in the config of the binary.
     let a = sim("a", &["llama3.2"]).await;
-    let config = config_for(&[("a", a.url())]);
-    let gateway = meshgate::Gateway::new(&config).unwrap();
-    let nodes = std::sync::Arc::clone(gateway.nodes());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let router = gateway.ollama_router();
-    let server = tokio::spawn(async move { axum::serve(listener, router).await });
-    wait_until(|| nodes.any_online()).await;
+    let (port, ollama_port) = (free_port(), free_port());
+    let config = bin::TempConfig::new(&format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n[ollama]\nlisten = \"127.0.0.1:{ollama_port}\"\n\
+         [[nodes]]\nname = \"a\"\nurl = \"{}\"\n",
+        a.url()
+    ));
+    let (_meshgate, _) = bin::serve(&config, port).await;
+    let addr = format!("127.0.0.1:{ollama_port}");
 
     let root = get(&format!("http://{addr}/")).await;
     assert_eq!(&root.body[..], b"Ollama is running");
@@ -390,6 +383,4 @@ async fn an_ollama_listener_of_its_own_is_a_drop_in() {
     .await;
     assert_eq!(other.status, StatusCode::NOT_FOUND);
     assert!(other.json()["error"].is_string(), "Ollama-shaped 404");
-    server.abort();
-    drop(gateway);
 }

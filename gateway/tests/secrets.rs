@@ -5,14 +5,13 @@
 mod common;
 
 use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Stdio;
 
 use bytes::Bytes;
+use common::bin::*;
 use common::*;
 use http::StatusCode;
 
-const BIN: &str = env!("CARGO_BIN_EXE_meshgate");
 const KEY: &str = "mg-logs-secret-key-5f3a9c";
 const WRONG_KEY: &str = "mg-logs-wrong-key-77d1e0";
 const PROMPT: &str = "my bank password is hunter2";
@@ -38,42 +37,18 @@ async fn no_key_and_no_prompt_in_the_logs() {
     let port = free_port();
     let dead = free_port();
     let hash = hex::encode(meshgate::keys::sha256(KEY.as_bytes()));
-    let config = std::env::temp_dir().join(format!("meshgate-secrets-{}.toml", std::process::id()));
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[discovery]\ninterval = \"1h\"\n\
+    let config = TempConfig::new(&format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n[discovery]\ninterval = \"1h\"\n\
              [[keys]]\nname = \"logs-app\"\nsha256 = \"{hash}\"\n\
              [[nodes]]\nname = \"sick\"\nurl = \"{}\"\npriority = 1\n\
              [[nodes]]\nname = \"good\"\nurl = \"{}\"\npriority = 2\n\
              [[nodes]]\nname = \"gone\"\nurl = \"http://127.0.0.1:{dead}\"\npriority = 3\n",
-            sick.url(),
-            good.url()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        sick.url(),
+        good.url()
+    ));
+    let mut child = spawn_serve(&config, &[], Stdio::piped());
     let base = format!("http://127.0.0.1:{port}");
-    let mut up = false;
-    for _ in 0..200 {
-        if client()
-            .get(format!("{base}/readyz").parse().unwrap())
-            .await
-            .is_ok_and(|r| r.status() == StatusCode::OK)
-        {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "meshgate did not become ready");
+    wait_ready(&base).await;
 
     let url = format!("{base}/v1/chat/completions");
     sick.set_faults(Faults {
@@ -96,7 +71,6 @@ async fn no_key_and_no_prompt_in_the_logs() {
         .read_to_string(&mut logs)
         .unwrap();
     let _ = child.wait();
-    let _ = std::fs::remove_file(&config);
     // The logs did record what happened (so the check below is not vacuous).
     assert!(logs.contains("meshgate serving"), "{logs}");
     assert!(logs.contains("failing over"), "{logs}");

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use http::StatusCode;
-use meshgate::config::TransportKind;
+use meshgate::config::{Config, TransportKind};
 use meshgate_transports::ssh::testing::{SshdOptions, TempDir, TestSshd};
 
 /// Two throwaway sshds (one per node, so one can fail alone) with Host aliases `fwd` and
@@ -19,6 +19,11 @@ struct SshMesh {
 }
 
 async fn ssh_mesh(f: &Sim, e: &Sim) -> SshMesh {
+    ssh_mesh_with(f, e, |_| {}).await
+}
+
+/// [`ssh_mesh`] with the config adjusted by `adjust` before the gateway starts.
+async fn ssh_mesh_with(f: &Sim, e: &Sim, adjust: impl FnOnce(&mut Config)) -> SshMesh {
     // A home without shell rc files: this machine's root ~/.bashrc is slow.
     let home = TempDir::new("meshgate-test-home");
     let options = SshdOptions {
@@ -43,6 +48,7 @@ async fn ssh_mesh(f: &Sim, e: &Sim) -> SshMesh {
         node.ssh = Some(alias.into());
         node.port = sim.addr().port();
     }
+    adjust(&mut config);
     let gw = gateway(config).await;
     SshMesh {
         fwd_sshd,
@@ -99,9 +105,15 @@ async fn chat_embeddings_and_models_through_forward_and_exec() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_ssh_connection_fails_over_without_a_failed_request_and_reconnects() {
-    let f = sim_with("f", 2, 0).await;
+    // The forward node is preferred and takes 100 ms to answer, so the kill below
+    // catches requests in flight on it, which must fail over to the exec node.
+    let f = sim_with("f", 100, 0).await;
     let e = sim_with("e", 2, 0).await;
-    let mesh = ssh_mesh(&f, &e).await;
+    let mesh = ssh_mesh_with(&f, &e, |config| {
+        config.nodes[0].priority = 1;
+        config.nodes[1].priority = 2;
+    })
+    .await;
     let url = mesh.gw.url("/v1/chat/completions");
 
     let workers: Vec<_> = (0..4)
@@ -116,8 +128,9 @@ async fn a_killed_ssh_connection_fails_over_without_a_failed_request_and_reconne
             })
         })
         .collect();
-    wait_until(|| chat_count(&f) >= 5).await;
-    // Crash the forward node's SSH connection mid-traffic (its sshd keeps listening).
+    // Crash the forward node's SSH connection once it has served some requests and
+    // others are in flight on it (its sshd keeps listening).
+    wait_until(|| chat_count(&f) >= 4 && f.stats().in_flight > 0).await;
     assert!(mesh.fwd_sshd.kill_connections() > 0);
     for worker in workers {
         for status in worker.await.unwrap() {
@@ -128,6 +141,10 @@ async fn a_killed_ssh_connection_fails_over_without_a_failed_request_and_reconne
             );
         }
     }
+    assert!(
+        metric(&mesh.gw, "meshgate_failovers_total").await >= 1.0,
+        "the requests in flight on the killed connection were not failed over"
+    );
     // meshgate reconnects on its own, and the forward node serves again.
     let served_before = chat_count(&f);
     wait_until(|| mesh.gw.nodes.list()[0].ssh_sessions[0].state().as_str() == "connected").await;

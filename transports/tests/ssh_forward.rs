@@ -211,14 +211,28 @@ async fn frozen_server_is_detected_by_keepalive() {
             .status()
             .unwrap();
     }
-    let err = loop {
-        match body.frame().await {
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => break e,
-            None => panic!("a cut stream ended cleanly"),
+    // Keepalive gives up after `interval × count_max` of silence: bounded by two more
+    // intervals, the cut must have come from it (a broken keepalive would hang here).
+    let bound = Duration::from_millis(500) * (2 + 2);
+    let err = tokio::time::timeout(bound, async {
+        loop {
+            match body.frame().await {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => break e,
+                None => panic!("a cut stream ended cleanly"),
+            }
         }
-    };
+    })
+    .await
+    .unwrap_or_else(|_| panic!("keepalive did not notice the frozen server within {bound:?}"));
     assert_eq!(err.phase(), Phase::Body, "{err}");
+    // The link was declared lost (not a channel the node closed, which it cannot do
+    // while frozen).
+    assert_eq!(err.kind(), Kind::Closed, "{err}");
+    assert!(
+        meshgate_transports::caused_by_io(&err, std::io::ErrorKind::ConnectionAborted),
+        "{err:?}"
+    );
     for pid in &frozen {
         let _ = std::process::Command::new("kill")
             .args(["-9", &pid.to_string()])

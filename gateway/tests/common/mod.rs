@@ -18,6 +18,7 @@ use serde_json::Value;
 #[allow(unused_imports)]
 pub use meshgate_sim::{Faults, Sim, SimConfig};
 
+pub mod bin;
 pub mod grpc;
 pub mod openai_only;
 
@@ -101,6 +102,30 @@ pub fn chat_count(sim: &Sim) -> u64 {
         .unwrap_or(0)
 }
 
+/// The routes a client's request can reach on a node (not discovery's probes of
+/// `/v1/models`, `/api/tags`, `/api/version`, ...).
+pub const INFERENCE_ROUTES: &[&str] = &[
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/messages",
+    "/api/chat",
+    "/api/generate",
+    "/api/embed",
+    "/api/show",
+];
+
+/// Requests a client could have caused at `sim`: discovery probes, which run on their
+/// own schedule, are not counted.
+pub fn inference_count(sim: &Sim) -> u64 {
+    let stats = sim.stats();
+    INFERENCE_ROUTES
+        .iter()
+        .filter_map(|r| stats.by_route.get(*r).copied())
+        .sum()
+}
+
 pub async fn sim(name: &str, models: &[&str]) -> Sim {
     Sim::start(SimConfig {
         name: name.into(),
@@ -142,6 +167,15 @@ pub async fn serve_on(listener: tokio::net::TcpListener, config: Config) -> Test
 pub async fn gateway_for(sims: &[(&str, &Sim)]) -> TestGateway {
     let nodes: Vec<(&str, String)> = sims.iter().map(|(n, s)| (*n, s.url())).collect();
     gateway(config_for(&nodes)).await
+}
+
+/// An unlabelled counter or gauge from the gateway's `/metrics` (0 when absent).
+pub async fn metric(gw: &TestGateway, name: &str) -> f64 {
+    let text = get(&gw.url("/metrics")).await.body;
+    String::from_utf8_lossy(&text)
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// A loopback port nothing listens on (now).

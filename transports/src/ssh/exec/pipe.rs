@@ -391,6 +391,7 @@ mod tests {
     }
 
     /// Whether `child` exits within a generous bound (a hang guard, not a timing check).
+    #[allow(clippy::disallowed_methods)] // a plain #[test]: no runtime to sleep on
     fn exits(child: &mut std::process::Child) -> bool {
         for _ in 0..200 {
             if child.try_wait().unwrap().is_some() {
