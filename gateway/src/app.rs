@@ -46,7 +46,6 @@ use std::sync::{Arc, RwLock};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::serve::ListenerExt;
 use http::header::{AUTHORIZATION, HeaderName};
 use meshgate_proto::openai::ErrorEnvelope;
 use tokio::net::TcpListener;
@@ -295,6 +294,14 @@ impl Gateway {
                 previous.server.threads != config.server.threads,
             ),
             (
+                "server.header_timeout",
+                previous.server.header_timeout != config.server.header_timeout,
+            ),
+            (
+                "server.idle_timeout",
+                previous.server.idle_timeout != config.server.idle_timeout,
+            ),
+            (
                 "telemetry",
                 format!("{:?}", previous.telemetry) != format!("{:?}", config.telemetry),
             ),
@@ -414,26 +421,21 @@ impl Gateway {
             shutdown.await;
             let _ = stop.send(true);
         });
+        let config = self.config();
+        let bounds = crate::listen::Bounds {
+            header_timeout: config.server.header_timeout,
+            idle_timeout: config.server.idle_timeout,
+        };
         let mut servers = tokio::task::JoinSet::new();
         let listeners = std::iter::once((listener, Which::Main))
             .chain(extra.into_iter().map(|(l, ExtraRouter(which))| (l, which)));
         for (listener, which) in listeners {
-            let mut stopped = stopped.clone();
-            let listener = listener.tap_io(|tcp| {
-                // Token streams are many tiny writes: never hold them back for Nagle.
-                let _ = tcp.set_nodelay(true);
-            });
-            let service = tower::make::Shared::new(LiveRouter {
+            let service = LiveRouter {
                 live: Arc::clone(&self.live),
                 which,
-            });
-            servers.spawn(async move {
-                axum::serve(listener, service)
-                    .with_graceful_shutdown(async move {
-                        let _ = stopped.wait_for(|stop| *stop).await;
-                    })
-                    .await
-            });
+            };
+            let server = crate::listen::serve(listener, service, bounds, stopped.clone());
+            servers.spawn(server);
         }
         let mut stopped = stopped;
         let drain = async {
@@ -537,6 +539,7 @@ impl Parts<'_> {
         let limits = Limits {
             max_request_bytes: config.server.max_request_bytes,
             max_response_bytes: config.server.max_response_bytes,
+            body_timeout: config.server.body_timeout,
         };
         let full = stack == Stack::Full;
         let failover = Failover::new(&config.retry).with_nodes(Arc::clone(nodes));

@@ -145,6 +145,17 @@ pub struct ServerConfig {
     /// Meshgates a request may pass through (each adds itself to `Via`); beyond that, or
     /// back at one it already passed, it is refused with 508.
     pub max_hops: u32,
+    /// A request's head (request line and headers) must arrive within this; a client
+    /// that sends it slower is disconnected.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// A request's whole body must arrive within this; slower gets 408.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// A connection on which no bytes moved either way for this long is closed (a
+    /// request still being answered finishes first).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -157,6 +168,9 @@ impl Default for ServerConfig {
             threads: 0,
             drain_timeout: Duration::from_secs(30),
             max_hops: 4,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(75),
         }
     }
 }

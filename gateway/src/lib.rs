@@ -19,6 +19,7 @@ pub mod errors;
 pub mod forwards;
 pub mod fronts;
 pub mod keys;
+pub mod listen;
 pub mod limits;
 pub mod metrics;
 pub mod nodes;

@@ -20,6 +20,8 @@ pub type RoutingService = tower::util::BoxCloneSyncService<GatewayRequest, Route
 pub struct Limits {
     pub max_request_bytes: usize,
     pub max_response_bytes: usize,
+    /// How long a request body may take to arrive.
+    pub body_timeout: std::time::Duration,
 }
 
 /// What handlers share.

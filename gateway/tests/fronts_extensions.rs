@@ -47,6 +47,7 @@ async fn extensions_and_request_ids_reach_routing_from_every_front() {
         limits: Limits {
             max_request_bytes: 1 << 20,
             max_response_bytes: 1 << 20,
+            body_timeout: std::time::Duration::from_secs(30),
         },
         responses: Arc::new(meshgate::response_store::ResponseStore::new(
             16,

@@ -24,6 +24,9 @@ pub enum GatewayError {
     },
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// The body did not finish arriving in time (`[server] body_timeout`).
+    #[error("the request body did not arrive within {after:?}")]
+    RequestTimeout { after: Duration },
     #[error("the model `{0}` does not exist or no node serves it")]
     ModelNotFound(String),
     #[error("Invalid URL ({method} {path})")]
@@ -189,6 +192,7 @@ impl GatewayError {
             Self::MalformedJson(_) => class(S::BAD_REQUEST, G::InvalidArgument, INVALID, Some("invalid_json"), false),
             Self::InvalidField { .. } => class(S::BAD_REQUEST, G::InvalidArgument, INVALID, Some("invalid_value"), false),
             Self::PayloadTooLarge { .. } => class(S::PAYLOAD_TOO_LARGE, G::ResourceExhausted, INVALID, Some("request_too_large"), false),
+            Self::RequestTimeout { .. } => class(S::REQUEST_TIMEOUT, G::DeadlineExceeded, INVALID, Some("request_timeout"), false),
             Self::ModelNotFound(_) => class(S::NOT_FOUND, G::NotFound, INVALID, Some("model_not_found"), false),
             Self::UnknownRoute { .. } => class(S::NOT_FOUND, G::Unimplemented, INVALID, Some("unknown_url"), false),
             Self::MethodNotAllowed { .. } => class(S::METHOD_NOT_ALLOWED, G::Unimplemented, INVALID, Some("method_not_allowed"), false),

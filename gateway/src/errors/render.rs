@@ -106,7 +106,7 @@ impl GatewayError {
             413 => "request_too_large",
             429 => "rate_limit_error",
             503 | 529 => "overloaded_error",
-            504 => "timeout_error",
+            408 | 504 => "timeout_error",
             _ => "api_error",
         }
     }

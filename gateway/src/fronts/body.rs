@@ -32,7 +32,10 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Checked<T> {
     type Rejection = GatewayError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let raw = Bytes::from_request(req, state).await.map_err(|rejection| {
+        let after = state.limits.body_timeout;
+        let read = tokio::time::timeout(after, Bytes::from_request(req, state));
+        let raw = read.await.map_err(|_| GatewayError::RequestTimeout { after })?;
+        let raw = raw.map_err(|rejection| {
             if rejection.status() == http::StatusCode::PAYLOAD_TOO_LARGE {
                 GatewayError::PayloadTooLarge {
                     limit: state.limits.max_request_bytes,
