@@ -32,14 +32,20 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Checked<T> {
     type Rejection = GatewayError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        // A declared length over the limit is refused before a byte is read (and before
+        // hyper answers `Expect: 100-continue`).
+        let limit = state.limits.max_request_bytes;
+        if http_body::Body::size_hint(req.body()).lower() > limit as u64 {
+            return Err(GatewayError::PayloadTooLarge { limit });
+        }
         let after = state.limits.body_timeout;
         let read = tokio::time::timeout(after, Bytes::from_request(req, state));
-        let raw = read.await.map_err(|_| GatewayError::RequestTimeout { after })?;
+        let raw = read
+            .await
+            .map_err(|_| GatewayError::RequestTimeout { after })?;
         let raw = raw.map_err(|rejection| {
             if rejection.status() == http::StatusCode::PAYLOAD_TOO_LARGE {
-                GatewayError::PayloadTooLarge {
-                    limit: state.limits.max_request_bytes,
-                }
+                GatewayError::PayloadTooLarge { limit }
             } else {
                 GatewayError::MalformedJson(format!(
                     "could not read the request body: {}",
