@@ -4,7 +4,10 @@
 //!   3 and 300 reachable local nodes; a lease is claimed and dropped each iteration;
 //! - `sse_relay/16_events`: relaying a 16-token chat stream through `SseRelay`;
 //! - `parse/chat_small`: validating a small chat request (`http::extract::parse`);
-//! - `error/class+envelope`: mapping an upstream failure through the one error table.
+//! - `error/class+envelope`: mapping an upstream failure through the one error table;
+//! - `key/*`: finding an API key among 10: a wrong key that shares no byte with the
+//!   right one, one that shares all but the last byte, and the right one (the three
+//!   should take the same time: keys are compared as SHA-256 digests, in constant time).
 //!
 //! ```text
 //! cargo bench -p meshgate --bench hot_paths
@@ -171,5 +174,41 @@ fn error_mapping(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, lease, sse_relay, parse, error_mapping);
+fn key_lookup(c: &mut Criterion) {
+    let right = "sk-meshgate-0123456789abcdef0123456789abcdef";
+    let configs: Vec<meshgate::config::KeyConfig> = (0..10)
+        .map(|i| {
+            let key = if i == 7 {
+                right.to_owned()
+            } else {
+                format!("sk-other-{i}")
+            };
+            meshgate::config::KeyConfig {
+                name: format!("k{i}"),
+                sha256: Some(hex::encode(meshgate::keys::sha256(key.as_bytes()))),
+                key_env: None,
+                models: None,
+                requests_per_minute: None,
+                burst: None,
+                tokens_per_minute: None,
+            }
+        })
+        .collect();
+    let keys = meshgate::keys::Keys::from_config(&configs).expect("keys");
+    let mut near = right.to_owned();
+    near.pop();
+    near.push('0');
+    let far = "x".repeat(right.len());
+    for (name, presented) in [
+        ("wrong_far", far.as_str()),
+        ("wrong_near", near.as_str()),
+        ("right", right),
+    ] {
+        c.bench_function(&format!("key/{name}"), |b| {
+            b.iter(|| black_box(keys.find(black_box(presented.as_bytes()))))
+        });
+    }
+}
+
+criterion_group!(benches, lease, sse_relay, parse, error_mapping, key_lookup);
 criterion_main!(benches);

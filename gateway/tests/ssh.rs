@@ -190,3 +190,48 @@ async fn check_reports_ssh_reachability_host_key_and_auth() {
     let error = meshgate::check::check(&config).await.err().unwrap();
     assert!(error.contains("nowhere"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shell_metacharacters_in_model_names_headers_and_bodies_run_nothing_on_an_exec_node() {
+    // The node itself reports a model whose name is a shell command, and clients send
+    // more in headers and bodies: everything reaches the exec node as bytes, nothing runs.
+    let pwned = format!("/tmp/meshgate-pwned-{}", std::process::id());
+    let nasty_model = format!("m$(touch {pwned});touch {pwned}`touch {pwned}`'\"");
+    let f = sim("f", &["fwd-only"]).await;
+    let e = sim("e", &[nasty_model.as_str()]).await;
+    let mesh = ssh_mesh(&f, &e).await;
+    let nasty = format!("$(touch {pwned}) `touch {pwned}`; touch {pwned} | tee {pwned} && echo");
+    let body = serde_json::json!({
+        "model": nasty_model,
+        "user": nasty,
+        "messages": [{"role": "user", "content": nasty}],
+    })
+    .to_string();
+    for stream in [false, true] {
+        let mut body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        body["stream"] = stream.into();
+        let request = http::Request::post(mesh.gw.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .header("x-session-id", nasty.as_str())
+            .header("x-request-id", nasty.as_str())
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                body.to_string(),
+            )))
+            .unwrap();
+        let response = client().request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["x-meshgate-node"], "exe");
+        http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap();
+    }
+    let ollama = serde_json::json!({"model": nasty_model, "stream": false,
+        "messages": [{"role": "user", "content": nasty}]});
+    let reply = post(&mesh.gw.url("/api/chat"), ollama.to_string()).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(inference_count(&e), 3, "{:?}", e.stats().by_route);
+    assert!(
+        !std::path::Path::new(&pwned).exists(),
+        "a request ran a command on the node"
+    );
+}
