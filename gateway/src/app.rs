@@ -543,7 +543,10 @@ impl Parts<'_> {
         };
         let full = stack == Stack::Full;
         let failover = Failover::new(&config.retry).with_nodes(Arc::clone(nodes));
-        let node_call = Balance::new(Attempt, Arc::clone(nodes), &config.routing)
+        let attempt = Attempt {
+            max_answer_bytes: config.server.max_response_bytes,
+        };
+        let node_call = Balance::new(attempt, Arc::clone(nodes), &config.routing)
             .waiting_out(config.retry.max_retry_after);
         let routing = match stack {
             Stack::Full => RoutingService::new(

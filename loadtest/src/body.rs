@@ -41,6 +41,8 @@ pub(crate) struct SimBody {
     cut_after: Option<u32>,
     /// Set once we have let hyper flush the frames sent so far, before cutting.
     flushed: bool,
+    /// After the last frame, send nothing more and never end (a stalled node).
+    stall_at_end: bool,
     _in_flight: InFlight,
 }
 
@@ -65,6 +67,7 @@ impl SimBody {
             timer: None,
             cut_after: None,
             flushed: false,
+            stall_at_end: false,
             _in_flight: in_flight,
         }
     }
@@ -92,7 +95,16 @@ impl SimBody {
             timer,
             cut_after,
             flushed: false,
+            stall_at_end: false,
             _in_flight: in_flight,
+        }
+    }
+
+    /// This body, but once its frames are sent it stalls instead of ending.
+    pub(crate) fn stalling_at_end(self) -> Self {
+        Self {
+            stall_at_end: true,
+            ..self
         }
     }
 
@@ -140,6 +152,10 @@ impl http_body::Body for SimBody {
             Frames::One(data) => data.take(),
             Frames::Paced(queue) => {
                 let Some(front) = queue.front() else {
+                    if this.stall_at_end {
+                        // Never woken: held until the client goes or the node is killed.
+                        return Poll::Pending;
+                    }
                     return Poll::Ready(None);
                 };
                 if let (false, Some(timer)) = (front.after.is_zero(), &mut this.timer) {
@@ -158,7 +174,7 @@ impl http_body::Body for SimBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.cut_after != Some(0) && self.is_drained()
+        self.cut_after != Some(0) && !self.stall_at_end && self.is_drained()
     }
 
     fn size_hint(&self) -> SizeHint {

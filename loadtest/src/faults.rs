@@ -31,6 +31,15 @@ pub struct Faults {
     /// The node's context window in prompt tokens: a chat whose prompt is longer gets
     /// 400 with llama.cpp's "exceeds the available context size" error.
     pub context_tokens: Option<u32>,
+    /// Reset every new TCP connection (RST, before reading a byte).
+    pub reset: bool,
+    /// Streaming: replace chunk number N (from 0) with one that is not valid JSON.
+    pub garble_after: Option<u32>,
+    /// End the answer cleanly but early: a stream after N chunks (no terminator), a
+    /// whole answer after half its bytes (its length header says so).
+    pub end_after: Option<u32>,
+    /// Streaming: send N chunks, then nothing more while keeping the connection open.
+    pub stall_after: Option<u32>,
 }
 
 impl Faults {

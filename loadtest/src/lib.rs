@@ -120,7 +120,7 @@ impl Sim {
         let app = server::router(Arc::clone(&node), native_apis);
         let listener = server::bind(addr)?;
         let addr = listener.local_addr()?;
-        let live = tokio::spawn(server::serve(listener, app.clone()));
+        let live = tokio::spawn(server::serve(listener, app.clone(), Arc::clone(&node)));
         tracing::info!(name = %node.name, %addr, "meshgate-sim listening");
         Ok(Sim {
             node,
@@ -194,7 +194,11 @@ impl Sim {
             let _ = dying.await;
         }
         let listener = server::bind(self.addr)?;
-        let live = tokio::spawn(server::serve(listener, self.app.clone()));
+        let live = tokio::spawn(server::serve(
+            listener,
+            self.app.clone(),
+            Arc::clone(&self.node),
+        ));
         self.server.lock().unwrap_or_else(|e| e.into_inner()).live = Some(live);
         Ok(())
     }

@@ -164,6 +164,9 @@ impl Node {
                 latency,
                 id: mix64(self.id_salt ^ seq),
                 drop_after: faults.drop_after,
+                garble_after: faults.garble_after,
+                end_after: faults.end_after,
+                stall_after: faults.stall_after,
                 retry_after: faults.retry_after_s,
                 context_tokens: faults.context_tokens,
             },
@@ -238,6 +241,9 @@ pub(crate) struct Ctx {
     /// Unique per request and node, for response ids.
     pub id: u64,
     drop_after: Option<u32>,
+    garble_after: Option<u32>,
+    end_after: Option<u32>,
+    stall_after: Option<u32>,
     retry_after: Option<u32>,
     /// The context window in prompt tokens, if the node has one.
     pub context_tokens: Option<u32>,
@@ -395,20 +401,35 @@ impl Call {
         let drop_after = self.ctx.drop_after;
         let (status, content_type, body) = match reply {
             Ok(Reply::Json(data)) => {
-                let body = match drop_after {
-                    Some(_) => SimBody::truncated(data, self.in_flight),
-                    None => SimBody::full(data, self.in_flight),
+                let body = match (drop_after, self.ctx.end_after) {
+                    (Some(_), _) => SimBody::truncated(data, self.in_flight),
+                    (None, Some(_)) => SimBody::full(data.slice(..data.len() / 2), self.in_flight),
+                    (None, None) => SimBody::full(data, self.in_flight),
                 };
                 (StatusCode::OK, JSON, body)
             }
             Ok(Reply::Stream {
                 content_type,
-                frames,
-            }) => (
-                StatusCode::OK,
-                content_type,
-                SimBody::paced(frames, drop_after, self.in_flight),
-            ),
+                mut frames,
+            }) => {
+                if let Some(n) = self.ctx.garble_after {
+                    if let Some(frame) = frames.get_mut(n as usize) {
+                        frame.data = if content_type == SSE {
+                            Bytes::from_static(b"data: {\"garbled\n\n")
+                        } else {
+                            Bytes::from_static(b"{\"garbled\n")
+                        };
+                    }
+                }
+                if let Some(n) = self.ctx.end_after.or(self.ctx.stall_after) {
+                    frames.truncate(n as usize);
+                }
+                let mut body = SimBody::paced(frames, drop_after, self.in_flight);
+                if self.ctx.stall_after.is_some() {
+                    body = body.stalling_at_end();
+                }
+                (StatusCode::OK, content_type, body)
+            }
             Err(e) => {
                 let data = if self.route.is_ollama() {
                     serde_json::to_vec(&meshgate_proto::ollama::ErrorResponse {

@@ -75,7 +75,7 @@ pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// Serves HTTP/1.1 and h2c (prior knowledge) until the task running it is aborted.
-pub(crate) async fn serve(listener: TcpListener, app: Router) {
+pub(crate) async fn serve(listener: TcpListener, app: Router, node: Arc<Node>) {
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     // Connection tasks live in this set: when this task is aborted the set is dropped,
     // which aborts every connection, cutting in-flight responses mid-body.
@@ -83,6 +83,11 @@ pub(crate) async fn serve(listener: TcpListener, app: Router) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
+                Ok((stream, _)) if node.faults().reset => {
+                    // SO_LINGER 0: closing sends RST instead of FIN.
+                    let _ = stream.set_zero_linger();
+                    drop(stream);
+                }
                 Ok((stream, _)) => {
                     // Token-sized SSE frames must not wait for Nagle.
                     let _ = stream.set_nodelay(true);

@@ -4,8 +4,10 @@
 //! the node as `traceparent`, sends through the node's transport, and waits for the
 //! first byte of the answer's body (the first token) within the node's first-byte
 //! timeout: a node that accepts a request but never produces a token is then a failure
-//! another node can still take over. Per-node metrics and the node's breaker and
-//! latency estimate learn the outcome.
+//! another node can still take over. A whole (non-streaming) answer is read whole here
+//! and must be JSON: one cut short or malformed has reached no client yet, so it too
+//! is a failure another node can take over. Per-node metrics and the node's breaker
+//! and latency estimate learn the outcome.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -31,9 +33,12 @@ pub struct Leased {
     pub lease: Lease,
 }
 
-/// Sends a leased request to its node. Stateless: each node carries its transport.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Attempt;
+/// Sends a leased request to its node (each node carries its transport).
+#[derive(Clone, Copy, Debug)]
+pub struct Attempt {
+    /// The largest whole answer read from a node (`[server] max_response_bytes`).
+    pub max_answer_bytes: usize,
+}
 
 impl tower::Service<Leased> for Attempt {
     type Response = Routed;
@@ -45,11 +50,15 @@ impl tower::Service<Leased> for Attempt {
     }
 
     fn call(&mut self, Leased { request, lease }: Leased) -> Self::Future {
-        Box::pin(attempt(request, lease))
+        Box::pin(attempt(request, lease, self.max_answer_bytes))
     }
 }
 
-async fn attempt(request: GatewayRequest, lease: Lease) -> Result<Routed, GatewayError> {
+async fn attempt(
+    request: GatewayRequest,
+    lease: Lease,
+    max_answer_bytes: usize,
+) -> Result<Routed, GatewayError> {
     let node = Arc::clone(&lease.node.name);
     let number = request.tried.len() as u32 + 1;
     let span = request
@@ -90,6 +99,11 @@ async fn attempt(request: GatewayRequest, lease: Lease) -> Result<Routed, Gatewa
     }
     match result {
         Ok(response) => {
+            let response = if !request.stream && response.status().is_success() {
+                read_whole(&node, response, max_answer_bytes).await?
+            } else {
+                response
+            };
             let (response, context_overflow) = check_context(response).await;
             Ok(Routed {
                 node,
@@ -202,6 +216,43 @@ async fn send(
     let retry_after = retry_after(&parts.headers);
     let body = in_flight.answered(parts.status, retry_after, started.elapsed(), first, body);
     Ok(http::Response::from_parts(parts, body.boxed_unsync()))
+}
+
+/// A whole answer, read before anything reaches the client. Cut short or not JSON, it
+/// fails in the first-byte phase: nothing was relayed, so another node may answer.
+async fn read_whole(
+    node: &str,
+    response: meshgate_transports::Response,
+    limit: usize,
+) -> Result<meshgate_transports::Response, GatewayError> {
+    let (parts, body) = response.into_parts();
+    let upstream = |source: TransportError| GatewayError::Upstream {
+        node: node.to_owned(),
+        source,
+    };
+    let bytes = match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            return Err(match e.downcast::<TransportError>() {
+                Ok(cut) => upstream(cut.in_phase(Phase::FirstByte)),
+                Err(_) => GatewayError::UpstreamTooLarge {
+                    node: node.to_owned(),
+                    limit,
+                },
+            });
+        }
+    };
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+        return Err(upstream(TransportError::new(
+            Phase::FirstByte,
+            Kind::Protocol,
+            format!("the answer is not valid JSON (cut short?): {e}"),
+        )));
+    }
+    Ok(http::Response::from_parts(
+        parts,
+        meshgate_transports::full_body(bytes),
+    ))
 }
 
 /// A `Retry-After` in seconds (the form model servers and proxies send); an HTTP date is

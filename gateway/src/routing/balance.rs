@@ -487,7 +487,9 @@ mod tests {
 
     fn picks(nodes: &Arc<Nodes>, times: usize) -> HashMap<String, usize> {
         let balance = Balance::new(
-            super::super::attempt::Attempt,
+            super::super::attempt::Attempt {
+                max_answer_bytes: 1 << 20,
+            },
             Arc::clone(nodes),
             &RoutingConfig::default(),
         );

@@ -154,16 +154,7 @@ impl TestSshd {
             }
             std::fs::write(&config, text).expect("sshd_config");
             let logfile = std::fs::File::create(&log).expect("sshd log");
-            let mut child = Command::new(SSHD)
-                .arg("-D")
-                .arg("-e")
-                .arg("-f")
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(logfile)
-                .spawn()
-                .expect("spawn sshd");
+            let mut child = spawn_sshd(&config, logfile);
             if wait_listening(&mut child, port).await {
                 // Let sshd log our probe connection first, so tests counting
                 // connections in the log start from a settled count.
@@ -297,6 +288,33 @@ impl TestSshd {
         names
     }
 
+    /// Stops sshd and every connection it serves, as a crash or `systemctl stop` would.
+    pub fn stop(&mut self) {
+        self.kill_connections();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts sshd again after [`TestSshd::stop`]: same port, keys and config.
+    pub async fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir().join("sshd.log"))
+            .expect("sshd log");
+        for _ in 0..50 {
+            self.child = spawn_sshd(
+                &self.dir().join("sshd_config"),
+                log.try_clone().expect("log"),
+            );
+            if wait_listening(&mut self.child, self.port).await {
+                return;
+            }
+            // The port may linger a moment after the old listener died.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("sshd did not restart on port {}", self.port);
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir().join("sshd.log")).unwrap_or_default()
     }
@@ -379,6 +397,19 @@ fn free_port() -> u16 {
         .local_addr()
         .expect("addr")
         .port()
+}
+
+fn spawn_sshd(config: &Path, log: std::fs::File) -> Child {
+    Command::new(SSHD)
+        .arg("-D")
+        .arg("-e")
+        .arg("-f")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn sshd")
 }
 
 async fn wait_listening(child: &mut Child, port: u16) -> bool {

@@ -1,7 +1,8 @@
 //! Ollama's NDJSON streams to the client: relayed line by line from a node that speaks
 //! Ollama, or built from a node's OpenAI SSE chunks. Either way a stream that fails
-//! after it started ends with Ollama's in-band `{"error": "..."}` line — never a fake
-//! `done: true` line, and never a half line.
+//! after it started — its connection breaks, a line is not JSON, or it ends without
+//! its `done: true` line — ends with Ollama's in-band `{"error": "..."}` line: never a
+//! fake `done: true` line, never a corrupt line and never a half line.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -33,19 +34,58 @@ fn native_tokens(lines: &[u8]) -> Option<Tokens> {
     Tokens::from_ollama(&serde_json::from_slice(last).ok()?)
 }
 
+/// What the relay reads of a native line: that it is JSON, and whether it ends the stream.
+#[derive(serde::Deserialize)]
+struct Line {
+    #[serde(default)]
+    done: bool,
+}
+
+/// Checks whole `lines`: each is JSON. The length of the good prefix, whether a
+/// `done: true` line came, and why a line is bad (if one is).
+fn check_lines(lines: &[u8]) -> (usize, bool, Option<String>) {
+    let (mut good, mut done) = (0, false);
+    for line in lines.split_inclusive(|&b| b == b'\n') {
+        if !line.trim_ascii().is_empty() {
+            match serde_json::from_slice::<Line>(line) {
+                Ok(parsed) => done |= parsed.done,
+                Err(e) => {
+                    return (
+                        good,
+                        done,
+                        Some(format!("the node sent a line that is not JSON: {e}")),
+                    );
+                }
+            }
+        }
+        good += line.len();
+    }
+    (good, done, None)
+}
+
 /// A native Ollama stream, passed on in whole lines as they arrive.
 pub fn native(node: Arc<str>, body: Body, meter: Meter) -> Lines {
     struct State {
         node: Arc<str>,
         body: Body,
         partial: BytesMut,
+        /// The node's `done: true` line came.
+        done: bool,
         /// Held until the stream ends, which ends the request's span and metrics.
         meter: Meter,
+    }
+    impl State {
+        fn failed(&self, why: String) -> Bytes {
+            let error = GatewayError::bad_node_answer(&self.node, why);
+            tracing::warn!(error = %error, "stream failed after it started");
+            self.meter.fail(error).ollama_line()
+        }
     }
     let state = State {
         node,
         body,
         partial: BytesMut::new(),
+        done: false,
         meter,
     };
     Box::pin(futures_util::stream::unfold(
@@ -61,12 +101,19 @@ pub fn native(node: Arc<str>, body: Body, meter: Meter) -> Lines {
                         s.partial.extend_from_slice(&data);
                         if let Some(end) = s.partial.iter().rposition(|&b| b == b'\n') {
                             let lines = s.partial.split_to(end + 1).freeze();
+                            let (good, done, bad) = check_lines(&lines);
+                            s.done |= done;
                             if s.meter.is_active() {
-                                if let Some(tokens) = native_tokens(&lines) {
+                                if let Some(tokens) = native_tokens(&lines[..good]) {
                                     s.meter.tokens(tokens);
                                 }
                             }
-                            return Some((Ok(lines), Some(s)));
+                            let Some(why) = bad else {
+                                return Some((Ok(lines), Some(s)));
+                            };
+                            let mut out = BytesMut::from(&lines[..good]);
+                            out.extend_from_slice(&s.failed(why));
+                            return Some((Ok(out.freeze()), None));
                         }
                     }
                     Some(Err(source)) => {
@@ -79,11 +126,22 @@ pub fn native(node: Arc<str>, body: Body, meter: Meter) -> Lines {
                         let error = s.meter.fail(error);
                         return Some((Ok(error.ollama_line()), None));
                     }
-                    None if s.partial.is_empty() => return None,
                     None => {
-                        let mut rest = s.partial.split().to_vec();
-                        rest.push(b'\n');
-                        return Some((Ok(rest.into()), None));
+                        // A last line without its newline is still a line.
+                        let rest = s.partial.split().freeze();
+                        let (good, done, bad) = check_lines(&rest);
+                        let mut out = BytesMut::from(&rest[..good]);
+                        if !out.is_empty() && !out.ends_with(b"\n") {
+                            out.extend_from_slice(b"\n");
+                        }
+                        match bad {
+                            Some(why) => out.extend_from_slice(&s.failed(why)),
+                            None if !(s.done || done) => out.extend_from_slice(
+                                &s.failed("the node ended the stream without its done line".into()),
+                            ),
+                            None => {}
+                        }
+                        return (!out.is_empty()).then(|| (Ok(out.freeze()), None));
                     }
                 }
             }

@@ -1,8 +1,9 @@
 //! Relaying a node's response to the client. Streams (SSE) go through frame by frame
-//! with nothing buffered beyond the current event; if the node fails mid-stream the
-//! client gets an in-band `data: {"error": ...}` event — never a silent close and never
-//! a fake `[DONE]`. Non-streaming answers are read whole first (bounded), so a cut
-//! answer becomes a clean 502 rather than truncated JSON.
+//! with nothing buffered beyond the current event; if the node fails mid-stream — its
+//! connection breaks, it sends an event that is not JSON, or it ends without `[DONE]` —
+//! the client gets an in-band `data: {"error": ...}` event: never a silent close, never
+//! a corrupt chunk and never a fake `[DONE]`. Non-streaming answers were read whole
+//! (bounded) and checked by the attempt, so a cut answer went to another node.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -88,6 +89,8 @@ pin_project! {
         // Bytes of an event whose end has not arrived yet.
         partial: BytesMut,
         done: bool,
+        // The node sent `data: [DONE]`.
+        terminated: bool,
         meter: Meter,
         tokens: StreamTokens,
     }
@@ -100,9 +103,55 @@ impl<B> SseRelay<B> {
             node,
             partial: BytesMut::new(),
             done: false,
+            terminated: false,
             meter,
             tokens: StreamTokens::default(),
         }
+    }
+}
+
+/// Checks whole events: each event's `data` is JSON or `[DONE]`. Returns the length of
+/// the good prefix and, if an event is bad, why; sets `terminated` on `[DONE]`.
+fn check_events(events: &[u8], terminated: &mut bool) -> (usize, Option<String>) {
+    let mut start = 0;
+    let mut pos = 0;
+    let mut data: Vec<&[u8]> = Vec::new();
+    for line in events.split_inclusive(|&b| b == b'\n') {
+        pos += line.len();
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            if let Err(why) = check_data(&data, terminated) {
+                return (start, Some(why));
+            }
+            data.clear();
+            start = pos;
+        } else if let Some(value) = line.strip_prefix(b"data:") {
+            data.push(value.strip_prefix(b" ").unwrap_or(value));
+        }
+    }
+    match check_data(&data, terminated) {
+        Ok(()) => (events.len(), None),
+        Err(why) => (start, Some(why)),
+    }
+}
+
+/// One event's `data` lines (joined with newlines, as SSE defines).
+fn check_data(data: &[&[u8]], terminated: &mut bool) -> Result<(), String> {
+    let valid = |json: &[u8]| {
+        serde_json::from_slice::<serde::de::IgnoredAny>(json)
+            .map(drop)
+            .map_err(|e| format!("the node sent an event that is not JSON: {e}"))
+    };
+    match data {
+        [] => Ok(()),
+        [one] if one.trim_ascii() == b"[DONE]" => {
+            *terminated = true;
+            Ok(())
+        }
+        _ if *terminated => Ok(()),
+        [one] => valid(one),
+        many => valid(&many.join(&b'\n')),
     }
 }
 
@@ -114,6 +163,14 @@ fn last_event_end(buf: &[u8]) -> Option<usize> {
         .rposition(|w| w == b"\r\n\r\n")
         .map(|i| i + 4);
     lf.max(crlf)
+}
+
+/// The error event that ends a stream the node broke (`why`), booked as the failure.
+fn failed(node: &str, meter: &Meter, why: String) -> Bytes {
+    let error = GatewayError::bad_node_answer(node, why);
+    meter.failed(&error);
+    tracing::warn!(error = %error, "stream failed after it started");
+    error.sse_event()
 }
 
 impl<B> Body for SseRelay<B>
@@ -161,19 +218,34 @@ where
                 }
                 None => {
                     *this.done = true;
-                    let rest = this.partial.split().freeze();
-                    if this.meter.is_active() {
-                        this.tokens.events(&rest);
-                        this.meter.tokens(this.tokens.total());
+                    this.meter.tokens(this.tokens.total());
+                    if *this.terminated {
+                        return Poll::Ready(None);
                     }
-                    return Poll::Ready((!rest.is_empty()).then(|| Ok(Frame::data(rest))));
+                    // Ended without `[DONE]` (an unfinished event is dropped: a client
+                    // cannot parse it anyway).
+                    let why = "the node ended the stream without [DONE]";
+                    return Poll::Ready(Some(Ok(Frame::data(failed(
+                        this.node,
+                        this.meter,
+                        why.into(),
+                    )))));
                 }
             }
         };
+        let (good, bad) = check_events(&events, this.terminated);
         if this.meter.is_active() {
-            this.tokens.events(&events);
+            this.tokens.events(&events[..good]);
         }
-        Poll::Ready(Some(Ok(Frame::data(events))))
+        let Some(why) = bad else {
+            return Poll::Ready(Some(Ok(Frame::data(events))));
+        };
+        *this.done = true;
+        this.partial.clear();
+        this.meter.tokens(this.tokens.total());
+        let mut frame = BytesMut::from(&events[..good]);
+        frame.extend_from_slice(&failed(this.node, this.meter, why));
+        Poll::Ready(Some(Ok(Frame::data(frame.freeze()))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -221,10 +293,49 @@ mod tests {
         let out = relay_frames(vec![
             Ok("data: {\"a\""),
             Ok(":1}\n\ndata: {"),
-            Ok("}\r\n\r\n"),
+            Ok("}\r\n\r\ndata: [DONE]\r\n\r\n"),
         ])
         .await;
-        assert_eq!(out, ["data: {\"a\":1}\n\n", "data: {}\r\n\r\n"]);
+        assert_eq!(
+            out,
+            [
+                "data: {\"a\":1}\n\n",
+                "data: {}\r\n\r\ndata: [DONE]\r\n\r\n"
+            ]
+        );
+    }
+
+    fn error_code(event: &str) -> serde_json::Value {
+        let event: serde_json::Value =
+            serde_json::from_str(event.strip_prefix("data: ").unwrap().trim_end()).unwrap();
+        event["error"]["code"].clone()
+    }
+
+    #[tokio::test]
+    async fn an_event_that_is_not_json_ends_the_stream_with_an_error_event() {
+        let out = relay_frames(vec![
+            Ok("data: {\"a\":1}\n\ndata: {\"gar"),
+            Ok("bled\n\ndata: {\"b\":2}\n\n"),
+            Ok("data: [DONE]\n\n"),
+        ])
+        .await;
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(out[0], "data: {\"a\":1}\n\n");
+        assert_eq!(error_code(&out[1]), "upstream_stream_error", "{out:?}");
+    }
+
+    #[tokio::test]
+    async fn an_end_without_done_is_an_error_not_a_clean_end() {
+        let out = relay_frames(vec![Ok("data: {\"a\":1}\n\n"), Ok("data: {\"b\"")]).await;
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(error_code(&out[1]), "upstream_stream_error");
+        // Multi-line data and comments are fine; so is anything after [DONE].
+        let out = relay_frames(vec![
+            Ok(": ping\n\ndata: {\"a\":\ndata: 1}\n\n"),
+            Ok("data: [DONE]\n\n"),
+        ])
+        .await;
+        assert_eq!(out.len(), 2, "{out:?}");
     }
 
     #[tokio::test]
