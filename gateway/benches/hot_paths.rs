@@ -67,7 +67,13 @@ fn lease(c: &mut Criterion) {
     let mut group = c.benchmark_group("lease");
     for n in [3, 300] {
         let nodes = reachable_nodes(n);
-        let balance = Balance::new(Attempt, nodes, &Config::default().routing);
+        let balance = Balance::new(
+            Attempt {
+                max_answer_bytes: 1 << 20,
+            },
+            nodes,
+            &Config::default().routing,
+        );
         let request = GatewayRequest::new(
             Operation::ChatCompletions,
             "llama3.2".into(),

@@ -490,6 +490,9 @@ mod tests {
             },
             id: 0,
             drop_after: None,
+            garble_after: None,
+            end_after: None,
+            stall_after: None,
             retry_after: None,
             context_tokens: None,
         };
