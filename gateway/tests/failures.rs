@@ -75,19 +75,40 @@ async fn a_stream_cut_mid_way_ends_with_an_in_band_error_and_no_done() {
 }
 
 #[tokio::test]
-async fn a_whole_answer_cut_short_is_a_502_not_truncated_json() {
+async fn a_whole_answer_cut_short_goes_to_another_node_or_is_a_502_never_truncated_json() {
+    // Cut mid-body, or ended cleanly but early (its length header says so): nothing
+    // reached the client yet, so another node answers.
     let a = sim("a", &["llama3.2"]).await;
-    let gw = gateway_for(&[("a", &a)]).await;
-    a.set_faults(Faults {
-        drop_after: Some(1),
-        ..Faults::default()
-    });
+    let b = sim("b", &["llama3.2"]).await;
+    let gw = gateway(tiered(&[("a", &a, 1), ("b", &b, 2)])).await;
+    for faults in [
+        Faults {
+            drop_after: Some(1),
+            ..Faults::default()
+        },
+        Faults {
+            end_after: Some(1),
+            ..Faults::default()
+        },
+    ] {
+        a.set_faults(faults.clone());
+        let reply = post(
+            &gw.url("/v1/chat/completions"),
+            chat_body("llama3.2", false),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK, "{faults:?}");
+        assert_eq!(served_by(&reply), "b");
+        assert_eq!(reply.json()["choices"][0]["finish_reason"], "stop");
+    }
+    // With no other node: a clean 502, not truncated JSON.
+    b.kill();
     let reply = post(
         &gw.url("/v1/chat/completions"),
         chat_body("llama3.2", false),
     )
     .await;
-    reply.assert_error(StatusCode::BAD_GATEWAY, "upstream_stream_error");
+    reply.assert_error(StatusCode::BAD_GATEWAY, "upstream_unavailable");
 }
 
 #[tokio::test]
