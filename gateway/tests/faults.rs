@@ -54,6 +54,11 @@ struct Mesh {
 
 impl Mesh {
     async fn start(exe_sshd_config: Vec<String>) -> Mesh {
+        Self::start_with(exe_sshd_config, None).await
+    }
+
+    /// [`Mesh::start`], with a fourth (local) node `far` at `far` if given.
+    async fn start_with(exe_sshd_config: Vec<String>, far: Option<String>) -> Mesh {
         let sim = |name: &'static str| async move {
             Sim::start(SimConfig {
                 name: name.into(),
@@ -85,13 +90,15 @@ impl Mesh {
             fwd_sshd.host_block("fwd") + keepalive + &exe_sshd.host_block("exe") + keepalive,
         )
         .unwrap();
-        let mut config = config_for(&[("loc", loc.url()), ("fwd", fwd.url()), ("exe", exe.url())]);
+        let mut nodes = vec![("loc", loc.url()), ("fwd", fwd.url()), ("exe", exe.url())];
+        nodes.extend(far.map(|url| ("far", url)));
+        let mut config = config_for(&nodes);
         config.discovery.interval = Duration::from_millis(200);
         config.timeouts.first_byte = Duration::from_secs(2);
         config.timeouts.idle = Duration::from_secs(1);
         config.timeouts.total = Duration::from_secs(10);
         config.ssh.config = Some(fwd_sshd.ssh_config.clone());
-        for (node, (transport, alias, sim)) in config.nodes.iter_mut().skip(1).zip([
+        for (node, (transport, alias, sim)) in config.nodes.iter_mut().skip(1).take(2).zip([
             (TransportKind::Forward, "fwd", &fwd),
             (TransportKind::Exec, "exe", &exe),
         ]) {
@@ -769,4 +776,199 @@ fn signal(pids: &[u32], name: &str) {
             .args([&format!("-{name}"), &pid.to_string()])
             .status();
     }
+}
+
+/// A network namespace joined to this one by a veth pair: 10.213.<n>.1 on this side,
+/// 10.213.<n>.2 inside. Removed on drop.
+struct Netns {
+    name: String,
+    host_if: String,
+    inside: std::net::Ipv4Addr,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Netns {
+    fn create(n: u8) -> Result<Netns, String> {
+        let name = format!("mgtest{}-{n}", std::process::id());
+        let (host_if, peer_if) = (
+            format!("mgh{}{n}", std::process::id() % 10000),
+            format!("mgp{}{n}", std::process::id() % 10000),
+        );
+        ip(&["netns", "add", &name])?;
+        let ns = Netns {
+            name: name.clone(),
+            host_if: host_if.clone(),
+            inside: std::net::Ipv4Addr::new(10, 213, n, 2),
+        };
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &peer_if,
+        ])?;
+        ip(&["link", "set", &peer_if, "netns", &name])?;
+        ip(&["addr", "add", &format!("10.213.{n}.1/30"), "dev", &host_if])?;
+        ip(&["link", "set", &host_if, "up"])?;
+        ip(&[
+            "netns",
+            "exec",
+            &name,
+            "ip",
+            "addr",
+            "add",
+            &format!("10.213.{n}.2/30"),
+            "dev",
+            &peer_if,
+        ])?;
+        ip(&["netns", "exec", &name, "ip", "link", "set", &peer_if, "up"])?;
+        ip(&["netns", "exec", &name, "ip", "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Cut (or restore) the link: packets are dropped, connections hang, nothing resets.
+    fn partition(&self, cut: bool) {
+        ip(&[
+            "link",
+            "set",
+            &self.host_if,
+            if cut { "down" } else { "up" },
+        ])
+        .unwrap();
+    }
+
+    /// `tc qdisc replace ... netem <spec>` on this side; false where netem is missing.
+    fn netem(&self, spec: Option<&str>) -> bool {
+        let mut args = vec![
+            "qdisc",
+            if spec.is_some() { "replace" } else { "del" },
+            "dev",
+            &self.host_if,
+            "root",
+        ];
+        let words: Vec<&str> = spec
+            .map(|s| s.split_whitespace().collect())
+            .unwrap_or_default();
+        if spec.is_some() {
+            args.push("netem");
+            args.extend(words);
+        }
+        std::process::Command::new("tc")
+            .args(&args)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// A simulated node inside the namespace: a thread that entered it binds the node's
+    /// socket there and runs it until the returned sender is dropped.
+    fn sim(&self) -> (String, tokio::sync::oneshot::Sender<()>) {
+        let path = format!("/var/run/netns/{}", self.name);
+        let addr = std::net::SocketAddr::from((self.inside, 0));
+        let (url_tx, url_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).unwrap();
+            // This thread only: sockets it makes live in the namespace.
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let sim = Sim::start_on(
+                    addr,
+                    SimConfig {
+                        name: "far".into(),
+                        models: vec!["llama3.2".into()],
+                        tokens: TOKENS,
+                        ttft: Duration::from_millis(5),
+                        token_delay: Duration::from_millis(5),
+                        ..SimConfig::default()
+                    },
+                )
+                .await
+                .unwrap();
+                url_tx.send(sim.url()).unwrap();
+                let _ = stopped.await;
+            });
+        });
+        (url_rx.recv().unwrap(), stop)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["link", "del", &self.host_if]);
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_lost_while_a_node_in_its_own_network_namespace_is_delayed_lossy_or_partitioned()
+{
+    let ns = match Netns::create((std::process::id() % 200) as u8 + 1) {
+        Ok(ns) => ns,
+        Err(why) => {
+            assert!(
+                std::env::var_os("MESHGATE_REQUIRE_NETNS").is_none(),
+                "network namespaces are required here: {why}"
+            );
+            eprintln!("SKIPPED: network namespaces need root and iproute2 ({why})");
+            return;
+        }
+    };
+    let (far, _stop) = ns.sim();
+    let mut mesh = Mesh::start_with(Vec::new(), Some(far)).await;
+    let mut report = Vec::new();
+    for (name, spec) in [
+        ("netem delay 100ms", "delay 100ms 20ms"),
+        ("netem loss 10%", "loss 10%"),
+    ] {
+        if !ns.netem(Some(spec)) {
+            let line =
+                format!("{name:<28} SKIPPED: tc netem is not available (kernel module sch_netem)");
+            eprintln!("{line}");
+            report.push(line);
+            continue;
+        }
+        let line = scenario(
+            name,
+            &mut mesh,
+            async |_| {
+                tokio::time::sleep(phase(1500, 30)).await;
+            },
+            async |_| {
+                ns.netem(None);
+            },
+        )
+        .await;
+        report.push(line);
+    }
+    report.push(
+        scenario(
+            "partition (far), healed",
+            &mut mesh,
+            async |_| {
+                ns.partition(true);
+                tokio::time::sleep(phase(3000, 30)).await;
+            },
+            async |_| ns.partition(false),
+        )
+        .await,
+    );
+    // Healed: the far node is back and serving.
+    mesh.all_online().await;
+    eprintln!("\n{}", report.join("\n"));
 }
