@@ -31,6 +31,29 @@ const MAX_H2_HEADER_LIST: u32 = 64 << 10;
 /// Streams one HTTP/2 connection may have open at once.
 const MAX_H2_STREAMS: u32 = 256;
 
+/// What a listener serves: the router (swapped on reload), as a cloneable service.
+pub trait Routes:
+    tower::Service<
+        http::Request<axum::body::Body>,
+        Response = axum::response::Response,
+        Error = Infallible,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> Routes for S where
+    S: tower::Service<
+            http::Request<axum::body::Body>,
+            Response = axum::response::Response,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
 /// How long clients may take, from `[server]`.
 #[derive(Debug, Clone, Copy)]
 pub struct Bounds {
@@ -48,13 +71,7 @@ pub async fn serve<S>(
     mut stopped: watch::Receiver<bool>,
 ) -> io::Result<()>
 where
-    S: tower::Service<
-            http::Request<axum::body::Body>,
-            Response = axum::response::Response,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
+    S: Routes,
     S::Future: Send + 'static,
 {
     let builder = Arc::new(builder(bounds));
@@ -119,13 +136,7 @@ async fn connection<S>(
     idle_timeout: Duration,
     mut stopped: watch::Receiver<bool>,
 ) where
-    S: tower::Service<
-            http::Request<axum::body::Body>,
-            Response = axum::response::Response,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
+    S: Routes,
     S::Future: Send + 'static,
 {
     let start = Instant::now();
