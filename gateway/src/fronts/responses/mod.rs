@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 use bytes::Bytes;
-use futures_util::{StreamExt, future};
+use futures_util::StreamExt;
 use meshgate_proto::responses::ResponsesRequest;
 use serde_json::{Value, json};
 
@@ -51,16 +51,24 @@ struct Keep {
 }
 
 impl Keep {
-    fn put(&self, response: &Value) {
-        if let Some(id) = response.get("id").and_then(Value::as_str) {
-            self.store.put(
+    /// Keep the finished `response`; done once it is kept (in the shared store, a
+    /// follow-up on another replica finds it as soon as the client has the answer).
+    fn put(&self, response: &Value) -> impl Future<Output = ()> + Send + use<> {
+        let store = Arc::clone(&self.store);
+        let kept = response.get("id").and_then(Value::as_str).map(|id| {
+            (
                 id.to_owned(),
                 Stored {
                     owner: self.owner.clone(),
                     input: self.input.as_ref().clone(),
                     response: response.clone(),
                 },
-            );
+            )
+        });
+        async move {
+            if let Some((id, stored)) = kept {
+                store.put(id, stored).await;
+            }
         }
     }
 }
@@ -78,12 +86,14 @@ async fn create(
     let mut items = Vec::new();
     let mut calls = Vec::new();
     if let Some(id) = &value.previous_response_id {
-        let previous = app.responses.get(id, owner.as_deref()).ok_or_else(|| {
-            GatewayError::ResponseNotFound {
+        let previous = app
+            .responses
+            .get(id, owner.as_deref())
+            .await
+            .ok_or_else(|| GatewayError::ResponseNotFound {
                 id: id.clone(),
                 previous: true,
-            }
-        })?;
+            })?;
         items = previous.conversation();
         for item in &items {
             if item["type"] == "function_call" {
@@ -148,7 +158,7 @@ async fn create(
                 }
             }
             if let Some(keep) = &keep {
-                keep.put(&json);
+                keep.put(&json).await;
             }
             Json(json).into_response()
         }
@@ -171,7 +181,7 @@ async fn create(
             let mut translator = Translator::new(&echo, model);
             let response = translator.whole(&json);
             if let Some(keep) = &keep {
-                keep.put(&response);
+                keep.put(&response).await;
             }
             Json(response).into_response()
         }
@@ -202,12 +212,13 @@ fn translated(
         .map(|(kind, data)| sse(kind, data))
         .collect();
     let rest = events(node, body, meter).filter_map(move |event| {
+        let mut kept = None;
         let events = match event {
             Ok(Event::Chunk(json)) => translator.chunk(&json),
             Ok(Event::Done) => {
                 let events = translator.done();
                 if let (Some(keep), Some((_, last))) = (&keep, events.last()) {
-                    keep.put(&last["response"]);
+                    kept = Some(keep.put(&last["response"]));
                 }
                 events
             }
@@ -217,7 +228,13 @@ fn translated(
             .iter()
             .flat_map(|(kind, data)| sse(kind, data).to_vec())
             .collect();
-        future::ready((!bytes.is_empty()).then(|| Ok(Bytes::from(bytes))))
+        // The last events go out once the response is kept.
+        async move {
+            if let Some(kept) = kept {
+                kept.await;
+            }
+            (!bytes.is_empty()).then(|| Ok(Bytes::from(bytes)))
+        }
     });
     futures_util::stream::iter(start.into_iter().map(Ok)).chain(rest)
 }
@@ -237,7 +254,8 @@ impl Watch for NativeWatch {
             "response.completed" | "response.incomplete" => {
                 book(meter, &data["response"]);
                 if let Some(keep) = &self.keep {
-                    keep.put(&data["response"]);
+                    // Relayed as it arrives: kept alongside, not before the event.
+                    tokio::spawn(keep.put(&data["response"]));
                 }
                 Ok(true)
             }
@@ -264,6 +282,7 @@ async fn fetch(
     let owner = owner(caller.as_ref());
     app.responses
         .get(&id, owner.as_deref())
+        .await
         .map(|stored| Json(stored.response.clone()))
         .ok_or(GatewayError::ResponseNotFound {
             id,
@@ -277,7 +296,7 @@ async fn delete(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, GatewayError> {
     let owner = owner(caller.as_ref());
-    if app.responses.delete(&id, owner.as_deref()) {
+    if app.responses.delete(&id, owner.as_deref()).await {
         Ok(Json(
             json!({"id": id, "object": "response", "deleted": true}),
         ))
