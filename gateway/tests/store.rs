@@ -274,7 +274,22 @@ async fn store_down_fails_closed_with_503_then_limits_are_exact_again() {
     .await;
     until_store(&gws, "up").await;
 
-    redis.stop();
+    // Killed mid-run: every request ends, none passes unchecked beyond the limit.
+    node.reset_stats();
+    let (replies, ()) = tokio::join!(burst(&gws, 24), async {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        redis.stop();
+    });
+    for reply in &replies {
+        assert!(
+            [200, 429, 503].contains(&reply.status.as_u16()),
+            "{}",
+            reply.status
+        );
+    }
+    assert!(count(&replies, StatusCode::OK) <= 4);
+    assert_eq!(chat_count(&node) as usize, count(&replies, StatusCode::OK));
+
     node.reset_stats();
     let replies = burst(&gws, 9).await;
     for reply in &replies {
