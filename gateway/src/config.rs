@@ -1050,7 +1050,11 @@ mod tests {
         let text = include_str!("../meshgate.example.toml");
         let c = Config::parse(text).unwrap();
         assert!(c.nodes.len() >= 2);
-        assert_eq!(c.store, StoreConfig::default(), "[store] shows the defaults");
+        assert_eq!(
+            c.store,
+            StoreConfig::default(),
+            "[store] shows the defaults"
+        );
         // The commented-out examples are valid too.
         let commented = |table: &str| -> String {
             text.lines()
