@@ -89,12 +89,25 @@ impl ResponseStore {
         store.key(&format!("response:{id}"))
     }
 
-    /// Keep `stored` as `id`: in the shared store when there is one and it answers,
-    /// else here.
-    pub async fn put(&self, id: String, stored: Stored) {
-        if let Some(store) = &self.shared {
-            let ttl = self.lock().ttl;
-            if self.lock().max == 0 {
+    /// Keep `stored` as `id`. Here it is kept before this returns; in the shared store
+    /// (when there is one) once the returned future is done — or here, if the store
+    /// does not answer.
+    pub fn put(
+        self: &Arc<Self>,
+        id: String,
+        stored: Stored,
+    ) -> Option<impl Future<Output = ()> + Send + use<>> {
+        let Some(store) = self.shared.clone() else {
+            self.put_local(id, stored);
+            return None;
+        };
+        let this = Arc::clone(self);
+        Some(async move {
+            let (ttl, max) = {
+                let inner = this.lock();
+                (inner.ttl, inner.max)
+            };
+            if max == 0 {
                 return;
             }
             let wire = Wire {
@@ -103,11 +116,14 @@ impl ResponseStore {
                 response: &stored.response,
             };
             let bytes = serde_json::to_vec(&wire).unwrap_or_default();
-            if store.put(&Self::key(store, &id), bytes, ttl).await.is_ok() {
-                return;
+            if store
+                .put(&Self::key(&store, &id), bytes, ttl)
+                .await
+                .is_err()
+            {
+                this.put_local(id, stored);
             }
-        }
-        self.put_local(id, stored);
+        })
     }
 
     /// The response `id`, if it is kept, not expired, and `owner`'s.
@@ -208,10 +224,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn bounded_by_count_and_age_and_owned() {
-        let store = ResponseStore::new(2, Duration::from_secs(60), None);
-        store.put("a".into(), stored(Some("k1"))).await;
-        store.put("b".into(), stored(Some("k1"))).await;
-        store.put("c".into(), stored(None)).await;
+        let store = Arc::new(ResponseStore::new(2, Duration::from_secs(60), None));
+        assert!(
+            store.put("a".into(), stored(Some("k1"))).is_none(),
+            "kept at once"
+        );
+        store.put("b".into(), stored(Some("k1")));
+        store.put("c".into(), stored(None));
         assert!(store.get("a", Some("k1")).await.is_none(), "oldest evicted");
         assert!(store.get("b", Some("k1")).await.is_some());
         assert!(store.get("b", Some("k2")).await.is_none(), "another key's");

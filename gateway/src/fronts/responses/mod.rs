@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use crate::errors::GatewayError;
 use crate::fronts::body::Checked;
 use crate::fronts::events::{Event, events};
-use crate::fronts::native::{self, Watch};
+use crate::fronts::native::{self, Pending, Watch};
 use crate::fronts::{self, answer};
 use crate::keys::Caller;
 use crate::request::{Dialect, GatewayRequest, Inbound, Operation};
@@ -53,23 +53,18 @@ struct Keep {
 impl Keep {
     /// Keep the finished `response`; done once it is kept (in the shared store, a
     /// follow-up on another replica finds it as soon as the client has the answer).
-    fn put(&self, response: &Value) -> impl Future<Output = ()> + Send + use<> {
-        let store = Arc::clone(&self.store);
-        let kept = response.get("id").and_then(Value::as_str).map(|id| {
-            (
-                id.to_owned(),
-                Stored {
-                    owner: self.owner.clone(),
-                    input: self.input.as_ref().clone(),
-                    response: response.clone(),
-                },
-            )
-        });
-        async move {
-            if let Some((id, stored)) = kept {
-                store.put(id, stored).await;
-            }
-        }
+    /// In memory it is kept at once; in the shared store, once the returned future
+    /// is done.
+    fn put(&self, response: &Value) -> Option<Pending> {
+        let id = response.get("id").and_then(Value::as_str)?;
+        let stored = Stored {
+            owner: self.owner.clone(),
+            input: self.input.as_ref().clone(),
+            response: response.clone(),
+        };
+        self.store
+            .put(id.to_owned(), stored)
+            .map(|pending| Box::pin(pending) as Pending)
     }
 }
 
@@ -134,7 +129,11 @@ async fn create(
     let mut response = match (dialect, stream) {
         (Dialect::Responses, true) => {
             meter.ready(Duration::ZERO);
-            let watch = NativeWatch { keep, seq: 0 };
+            let watch = NativeWatch {
+                keep,
+                seq: 0,
+                pending: None,
+            };
             fronts::sse_response(axum::body::Body::from_stream(native::relay(
                 Arc::clone(&node),
                 body,
@@ -157,8 +156,8 @@ async fn create(
                     object.insert(key.into(), value);
                 }
             }
-            if let Some(keep) = &keep {
-                keep.put(&json).await;
+            if let Some(pending) = keep.as_ref().and_then(|k| k.put(&json)) {
+                pending.await;
             }
             Json(json).into_response()
         }
@@ -180,8 +179,8 @@ async fn create(
             }
             let mut translator = Translator::new(&echo, model);
             let response = translator.whole(&json);
-            if let Some(keep) = &keep {
-                keep.put(&response).await;
+            if let Some(pending) = keep.as_ref().and_then(|k| k.put(&response)) {
+                pending.await;
             }
             Json(response).into_response()
         }
@@ -218,7 +217,7 @@ fn translated(
             Ok(Event::Done) => {
                 let events = translator.done();
                 if let (Some(keep), Some((_, last))) = (&keep, events.last()) {
-                    kept = Some(keep.put(&last["response"]));
+                    kept = keep.put(&last["response"]);
                 }
                 events
             }
@@ -243,6 +242,8 @@ fn translated(
 struct NativeWatch {
     keep: Option<Keep>,
     seq: u64,
+    /// The finished response being written to the shared store.
+    pending: Option<Pending>,
 }
 
 impl Watch for NativeWatch {
@@ -254,8 +255,7 @@ impl Watch for NativeWatch {
             "response.completed" | "response.incomplete" => {
                 book(meter, &data["response"]);
                 if let Some(keep) = &self.keep {
-                    // Relayed as it arrives: kept alongside, not before the event.
-                    tokio::spawn(keep.put(&data["response"]));
+                    self.pending = keep.put(&data["response"]);
                 }
                 Ok(true)
             }
@@ -271,6 +271,10 @@ impl Watch for NativeWatch {
 
     fn failed(&mut self, error: &GatewayError) -> Bytes {
         error.responses_event(self.seq)
+    }
+
+    fn before_relay(&mut self) -> Option<Pending> {
+        self.pending.take()
     }
 }
 
