@@ -101,7 +101,12 @@ impl RequestLimit {
             let interval = Duration::from_secs(60) / self.per_minute;
             let answer = shared.store.gcra(&shared.key, interval, self.burst).await;
             if let Some(decided) = shared.decide(answer, self.per_minute) {
-                return decided;
+                // Reported as governor does (whole intervals per request taken), so the
+                // headers read the same with or without a store.
+                return decided.map(|s| Snapshot {
+                    reset: interval * self.burst.saturating_sub(s.remaining),
+                    ..s
+                });
             }
         }
         self.local.check().map_err(Refusal::Limited)

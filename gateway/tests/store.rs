@@ -158,6 +158,63 @@ async fn three_replicas_let_exactly_n_of_m_requests_pass() {
 }
 
 #[tokio::test]
+async fn the_rate_limit_headers_read_the_same_with_or_without_a_store() {
+    let redis = TestRedis::start().await;
+    let node = sim("a", &["llama3.2"]).await;
+    let shared = replicas(
+        1,
+        &node,
+        &redis,
+        OnStoreError::FailOpen,
+        vec![key(Some(5), None)],
+    )
+    .await;
+    let mut config = tiered(&[("a", &node, 1)]);
+    config.keys = vec![key(Some(5), None)];
+    let local = gateway(config).await;
+    let mut seen = Vec::new();
+    for gw in [&shared[0], &local] {
+        let mut replies = Vec::new();
+        for _ in 0..7 {
+            let reply = chat(gw, chat_body("llama3.2", false)).await;
+            let header = |name: &str| reply.headers[name].to_str().unwrap().to_owned();
+            let retry = reply
+                .headers
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+            replies.push((
+                reply.status.as_u16(),
+                header("x-ratelimit-limit-requests"),
+                header("x-ratelimit-remaining-requests"),
+                reply
+                    .headers
+                    .get("x-ratelimit-reset-requests")
+                    .map(|v| v.to_str().unwrap().to_owned()),
+                retry,
+            ));
+        }
+        seen.push(replies);
+    }
+    let reset = |r: &Option<String>| r.clone().unwrap_or_default();
+    for (with, without) in seen[0].iter().zip(&seen[1]) {
+        assert_eq!(
+            (with.0, &with.1, &with.2),
+            (without.0, &without.1, &without.2)
+        );
+        if with.0 == 200 {
+            assert_eq!(reset(&with.3), reset(&without.3), "{:?}", seen);
+        } else {
+            // Until the next request is allowed: the same to the second.
+            assert_eq!(with.4, without.4, "{:?}", seen);
+        }
+    }
+    assert_eq!(
+        seen[0].iter().map(|r| r.0).collect::<Vec<_>>(),
+        [200, 200, 200, 200, 200, 429, 429]
+    );
+}
+
+#[tokio::test]
 async fn a_global_limit_holds_across_replicas() {
     let redis = TestRedis::start().await;
     let node = sim("a", &["llama3.2"]).await;
