@@ -476,4 +476,17 @@ async fn status_shows_the_store_and_the_other_replicas() {
     let text = String::from_utf8_lossy(&metrics.body);
     assert!(text.contains("meshgate_store_up 1"), "{text}");
     assert!(text.contains("meshgate_store_replicas 3"), "{text}");
+
+    // A replica that stops leaves the others' view once its heartbeat key expires.
+    let mut gws = gws;
+    drop(gws.pop());
+    for _ in 0..500 {
+        let replicas = status_json(&gws[0]).await["store"]["replicas"].clone();
+        if replicas.as_array().map_or(0, Vec::len) == 2 {
+            assert_eq!(replicas[1]["replica"], "r2");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("r3 still listed after it stopped");
 }
