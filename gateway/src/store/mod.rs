@@ -255,11 +255,12 @@ impl Store {
                 self.mark_up();
                 Ok(value)
             }
-            Ok(Err(e)) => {
+            Ok(Err(e)) if !e.is_timeout() => {
                 self.mark_down(describe(&e));
                 Err(Down)
             }
-            Err(_) => {
+            // The client's own response timeout (the same bound) or ours.
+            Ok(Err(_)) | Err(_) => {
                 self.mark_down(format!("no answer within {:?}", self.timeout));
                 Err(Down)
             }

@@ -79,9 +79,32 @@ impl TestRedis {
     /// Kill it (SIGKILL: an outage, not a shutdown).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // A paused server dies of SIGKILL too; wake it anyway so nothing lingers.
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Stop it answering without closing its port (SIGSTOP): a hung store, the case a
+    /// timeout is for. `resume` (SIGCONT) wakes it.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("running");
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {signal}");
     }
 
     /// Start it again on the same port, empty.
