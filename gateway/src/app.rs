@@ -73,6 +73,7 @@ use crate::response_store::ResponseStore;
 use crate::routing::{Attempt, AuthorizeModel, Balance, Failover, ObserveLayer};
 pub use crate::state::{AppState, Continuation, Limits, RoutingService};
 use crate::status::{self, ConfigStatus, StatusState};
+use crate::store::Store;
 
 /// Which layers to assemble.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +103,9 @@ struct Live {
     hops: String,
     config_status: Arc<RwLock<ConfigStatus>>,
     responses: Arc<ResponseStore>,
+    /// `[store]`: shared limits and stored responses (set at start; a change needs a
+    /// restart).
+    store: Option<Arc<Store>>,
     routers: RwLock<Routers>,
     /// Serializes reloads; holds what the next one reuses.
     built: tokio::sync::Mutex<Built>,
@@ -151,16 +155,22 @@ impl Gateway {
         let nodes = Arc::new(Nodes::new(plan.nodes));
         nodes.set_groups(Groups::from_config(&config.models));
         let forwards = Arc::new(Forwards::default());
-        let metrics = Metrics::new(Arc::clone(&nodes), Arc::clone(&forwards));
+        let store = match stack {
+            Stack::Full => Store::start(&config.store, config.server.listen)?,
+            Stack::Bare => None,
+        };
+        let metrics = Metrics::new(Arc::clone(&nodes), Arc::clone(&forwards), store.clone());
         let config_status = Arc::new(RwLock::new(ConfigStatus::loaded(plan.warnings)));
         let hops = Hops::pseudonym();
-        let keys = Arc::new(Keys::from_config(&config.keys)?);
-        let global_limit = RateLimitLayer::new(&config.limits);
+        let keys = Arc::new(Keys::from_config(&config.keys, store.as_ref())?);
+        let global_limit = RateLimitLayer::new(&config.limits, store.as_ref());
         let responses = Arc::new(ResponseStore::new(
             config.responses.store_max,
             config.responses.store_ttl,
+            store.clone(),
         ));
         let parts = Parts {
+            store: store.as_ref(),
             responses: &responses,
             config,
             stack,
@@ -193,6 +203,7 @@ impl Gateway {
                 hops,
                 config_status,
                 responses,
+                store,
                 routers: RwLock::new(routers),
                 built: tokio::sync::Mutex::new(Built {
                     keys,
@@ -225,7 +236,10 @@ impl Gateway {
         let result = planned
             .map_err(|e| format!("reload: {e}"))
             .and_then(|plan| plan)
-            .and_then(|plan| Ok((plan, Arc::new(Keys::reusing(&config.keys, &built.keys)?))));
+            .and_then(|plan| {
+                let keys = Keys::reusing(&config.keys, &built.keys, live.store.as_ref())?;
+                Ok((plan, Arc::new(keys)))
+            });
         let (plan, keys) = match result {
             Ok(parts) => parts,
             Err(e) => {
@@ -236,7 +250,9 @@ impl Gateway {
                 return Err(e);
             }
         };
-        let global_limit = built.global_limit.reusing(&config.limits);
+        let global_limit = built
+            .global_limit
+            .reusing(&config.limits, live.store.as_ref());
         // The nodes the plan builds anew (the others are kept as they are).
         let current = live.nodes.list();
         let fresh: Vec<_> = plan
@@ -257,6 +273,7 @@ impl Gateway {
         live.responses
             .configure(config.responses.store_max, config.responses.store_ttl);
         let parts = Parts {
+            store: live.store.as_ref(),
             responses: &live.responses,
             config,
             stack: live.stack,
@@ -305,6 +322,7 @@ impl Gateway {
                 "telemetry",
                 format!("{:?}", previous.telemetry) != format!("{:?}", config.telemetry),
             ),
+            ("store", previous.store != config.store),
         ] {
             if changed {
                 tracing::warn!(
@@ -524,6 +542,7 @@ struct Parts<'a> {
     config_status: &'a Arc<RwLock<ConfigStatus>>,
     forwards: &'a Arc<Forwards>,
     responses: &'a Arc<ResponseStore>,
+    store: Option<&'a Arc<Store>>,
 }
 
 impl Parts<'_> {
@@ -603,6 +622,7 @@ impl Parts<'_> {
             metrics: Arc::clone(metrics),
             config: Arc::clone(self.config_status),
             forwards: Arc::clone(self.forwards),
+            store: self.store.cloned(),
         });
         let public = config.telemetry.public;
         let mut router = fronts::openai::routes(state.clone())

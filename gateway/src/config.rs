@@ -31,6 +31,7 @@ pub struct Config {
     pub ollama: OllamaConfig,
     pub telemetry: TelemetryConfig,
     pub responses: ResponsesConfig,
+    pub store: StoreConfig,
 }
 
 impl Default for Config {
@@ -52,6 +53,7 @@ impl Default for Config {
             ollama: OllamaConfig::default(),
             telemetry: TelemetryConfig::default(),
             responses: ResponsesConfig::default(),
+            store: StoreConfig::default(),
         }
     }
 }
@@ -110,6 +112,63 @@ impl Default for ResponsesConfig {
         Self {
             store_max: 10_000,
             store_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Shared state for several replicas (`[store]`): request and token limits and the
+/// Responses API's stored responses live in Valkey/Redis instead of in this process.
+/// Unset `url`: everything stays in-process, as with one replica.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `redis://[user:password@]host:port[/db]` (Valkey or Redis).
+    pub url: Option<String>,
+    /// Prepended to every key meshgate writes, so several gateways can share a server.
+    pub prefix: String,
+    /// Longest a request waits on the store; past it the store counts as down.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// What a request meets while the store is down.
+    pub on_error: OnStoreError,
+    /// This replica's name on the other replicas' `/status` (default: host name and
+    /// listen port).
+    pub replica: Option<String>,
+    /// How often this replica announces itself (its heartbeat key lives three times
+    /// this long) and, while the store is down, tries it again.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            prefix: "meshgate:".into(),
+            timeout: Duration::from_millis(100),
+            on_error: OnStoreError::FailOpen,
+            replica: None,
+            heartbeat: Duration::from_secs(2),
+        }
+    }
+}
+
+/// `[store] on_error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreError {
+    /// Serve, each replica enforcing the limits in its own memory (so up to the number
+    /// of replicas times the limit passes while the store is down).
+    FailOpen,
+    /// Refuse requests a shared limit applies to with 503 until the store is back.
+    FailClosed,
+}
+
+impl OnStoreError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FailOpen => "fail_open",
+            Self::FailClosed => "fail_closed",
         }
     }
 }
@@ -611,6 +670,20 @@ impl Config {
                 "at least one [[nodes]] (or [[forwards]]) entry is needed",
             ));
         }
+        if let Some(url) = &self.store.url {
+            if !(url.starts_with("redis://") || url.starts_with("redis+unix://")) {
+                return Err(invalid(
+                    "store.url".into(),
+                    "expected redis://host:port (Valkey or Redis; TLS is not built in)",
+                ));
+            }
+            if self.store.timeout.is_zero() || self.store.heartbeat.is_zero() {
+                return Err(invalid(
+                    "store.timeout".into(),
+                    "store.timeout and store.heartbeat must be more than zero",
+                ));
+            }
+        }
         if self.server.max_hops == 0 {
             return Err(invalid("server.max_hops".into(), "must be at least 1"));
         }
@@ -991,6 +1064,11 @@ mod tests {
         let text = include_str!("../meshgate.example.toml");
         let c = Config::parse(text).unwrap();
         assert!(c.nodes.len() >= 2);
+        assert_eq!(
+            c.store,
+            StoreConfig::default(),
+            "[store] shows the defaults"
+        );
         // The commented-out examples are valid too.
         let commented = |table: &str| -> String {
             text.lines()

@@ -11,14 +11,15 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::KeyConfig;
-use crate::limits::{RequestLimiter, TokenBudget};
+use crate::limits::{RequestLimit, TokenLimit};
+use crate::store::Store;
 
 pub struct ApiKey {
     pub name: Arc<str>,
     digest: [u8; 32],
     models: Option<HashSet<String>>,
-    pub requests: Option<RequestLimiter>,
-    pub tokens: Option<TokenBudget>,
+    pub requests: Option<RequestLimit>,
+    pub tokens: Option<Arc<TokenLimit>>,
 }
 
 impl std::fmt::Debug for ApiKey {
@@ -49,13 +50,28 @@ pub fn sha256(key: &[u8]) -> [u8; 32] {
     Sha256::digest(key).into()
 }
 
+/// What names a key's limits in the shared store: derived from its hash, not the hash
+/// itself (which is as good as the key for an offline guess) and not its name (two
+/// replicas may name the same key differently).
+fn store_id(digest: &[u8; 32]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(b"meshgate store key id\0");
+    hasher.update(digest);
+    hex::encode(&hasher.finalize()[..12])
+}
+
 impl Keys {
-    pub fn from_config(configs: &[KeyConfig]) -> Result<Self, String> {
-        Self::reusing(configs, &Keys::default())
+    pub fn from_config(configs: &[KeyConfig], store: Option<&Arc<Store>>) -> Result<Self, String> {
+        Self::reusing(configs, &Keys::default(), store)
     }
 
-    /// The keys of `configs`, taking those whose entry is unchanged from `previous`.
-    pub fn reusing(configs: &[KeyConfig], previous: &Keys) -> Result<Self, String> {
+    /// The keys of `configs`, taking those whose entry is unchanged from `previous`;
+    /// their limits are kept in `store` when there is one.
+    pub fn reusing(
+        configs: &[KeyConfig],
+        previous: &Keys,
+        store: Option<&Arc<Store>>,
+    ) -> Result<Self, String> {
         let mut keys = Vec::with_capacity(configs.len());
         for c in configs {
             if let Some((_, same)) = previous.0.iter().find(|(p, _)| p == c) {
@@ -76,14 +92,17 @@ impl Keys {
                 }
                 (None, None) => return Err(format!("key `{}`: set sha256 or key_env", c.name)),
             };
+            let id = store_id(&digest);
             let key = Arc::new(ApiKey {
                 name: c.name.as_str().into(),
                 digest,
                 models: c.models.as_ref().map(|m| m.iter().cloned().collect()),
-                requests: c
-                    .requests_per_minute
-                    .map(|rpm| RequestLimiter::per_minute(rpm, c.burst)),
-                tokens: c.tokens_per_minute.map(TokenBudget::per_minute),
+                requests: c.requests_per_minute.map(|rpm| {
+                    RequestLimit::new(rpm, c.burst, store, &format!("requests:key:{id}"))
+                }),
+                tokens: c
+                    .tokens_per_minute
+                    .map(|tpm| Arc::new(TokenLimit::new(tpm, store, &format!("tokens:key:{id}")))),
             });
             keys.push((c.clone(), key));
         }
@@ -114,15 +133,18 @@ mod tests {
 
     fn keys() -> Keys {
         let hash = hex::encode(sha256(b"sk-right"));
-        Keys::from_config(&[KeyConfig {
-            name: "app".into(),
-            sha256: Some(hash),
-            key_env: None,
-            models: Some(vec!["llama3.2".into()]),
-            requests_per_minute: None,
-            burst: None,
-            tokens_per_minute: None,
-        }])
+        Keys::from_config(
+            &[KeyConfig {
+                name: "app".into(),
+                sha256: Some(hash),
+                key_env: None,
+                models: Some(vec!["llama3.2".into()]),
+                requests_per_minute: None,
+                burst: None,
+                tokens_per_minute: None,
+            }],
+            None,
+        )
         .unwrap()
     }
 

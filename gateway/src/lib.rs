@@ -6,7 +6,7 @@
 //! `response_store` ─►
 //! `edge` (HTTP layers) and `routing` (observe, authorize, failover, balance, attempt)
 //! ─► `translate`, `request` ─► `telemetry`, `metrics` ─► `nodes` ─► `keys`, `limits`,
-//! `errors`, `operation`, `config`.
+//! `errors`, `operation` ─► `store` ─► `config`.
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -31,6 +31,7 @@ pub mod routing;
 pub mod service;
 pub mod state;
 pub mod status;
+pub mod store;
 pub mod telemetry;
 pub mod translate;
 

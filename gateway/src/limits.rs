@@ -1,11 +1,17 @@
 //! The limits themselves, apart from the HTTP layer that enforces them: requests per
-//! minute with a burst (governor's GCRA) and tokens per minute (a budget that may go
-//! into debt). Keys own theirs (see `keys`); the global one belongs to the edge layer.
+//! minute with a burst (GCRA) and tokens per minute (a budget that may go into debt).
+//! Keys own theirs (see `keys`); the global one belongs to the edge layer.
+//!
+//! Each limit is a [`RequestLimit`] or [`TokenLimit`]: kept in this process (governor,
+//! and a small bucket for tokens), or, with `[store]`, in the store every replica shares
+//! (the same arithmetic in a server-side script, see `store`). Callers see one interface
+//! either way. While the store is down a shared limit falls back to its local twin
+//! (`on_error = "fail_open"`) or refuses (`"fail_closed"`).
 //!
 //! governor runs on a tokio clock here, so limits can be tested on a paused clock.
 
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::clock::Clock;
@@ -13,6 +19,157 @@ use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use tokio::time::Instant;
+
+use crate::config::OnStoreError;
+use crate::store::{Counted, Store};
+
+/// Why a limit did not admit a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Over the limit; one more is allowed after this long.
+    Limited(Duration),
+    /// The store is down and `on_error = "fail_closed"`.
+    Unavailable,
+}
+
+/// Where a shared limit lives: the store and its key there.
+struct Shared {
+    store: Arc<Store>,
+    key: String,
+}
+
+impl Shared {
+    fn new(store: Option<&Arc<Store>>, name: &str) -> Option<Self> {
+        store.map(|store| Self {
+            key: store.key(name),
+            store: Arc::clone(store),
+        })
+    }
+
+    /// The store's answer as a limit's, or `None` to decide locally (fail open).
+    fn decide(
+        &self,
+        answer: Result<Counted, crate::store::Down>,
+        limit: u32,
+    ) -> Option<Result<Snapshot, Refusal>> {
+        match answer {
+            Ok(c) if c.allowed => Some(Ok(Snapshot {
+                limit,
+                remaining: c.remaining,
+                reset: c.wait,
+            })),
+            Ok(c) => Some(Err(Refusal::Limited(c.wait))),
+            Err(_) => {
+                self.store.fallbacks.inc();
+                match self.store.on_error {
+                    OnStoreError::FailOpen => None,
+                    OnStoreError::FailClosed => Some(Err(Refusal::Unavailable)),
+                }
+            }
+        }
+    }
+}
+
+/// A requests-per-minute limit, local or shared.
+pub struct RequestLimit {
+    pub per_minute: u32,
+    burst: u32,
+    local: RequestLimiter,
+    shared: Option<Shared>,
+}
+
+impl RequestLimit {
+    /// `name` is its key in the store (when there is one).
+    pub fn new(
+        per_minute: u32,
+        burst: Option<u32>,
+        store: Option<&Arc<Store>>,
+        name: &str,
+    ) -> Self {
+        let local = RequestLimiter::per_minute(per_minute, burst);
+        Self {
+            per_minute: local.per_minute,
+            burst: burst.filter(|b| *b > 0).unwrap_or(local.per_minute),
+            local,
+            shared: Shared::new(store, name),
+        }
+    }
+
+    /// Take one request from the limit.
+    pub async fn check(&self) -> Result<Snapshot, Refusal> {
+        if let Some(shared) = &self.shared {
+            let interval = Duration::from_secs(60) / self.per_minute;
+            let answer = shared.store.gcra(&shared.key, interval, self.burst).await;
+            if let Some(decided) = shared.decide(answer, self.per_minute) {
+                // Reported as governor does (whole intervals per request taken), so the
+                // headers read the same with or without a store.
+                return decided.map(|s| Snapshot {
+                    reset: interval * self.burst.saturating_sub(s.remaining),
+                    ..s
+                });
+            }
+        }
+        self.local.check().map_err(Refusal::Limited)
+    }
+}
+
+/// A tokens-per-minute budget, local or shared.
+pub struct TokenLimit {
+    pub per_minute: u32,
+    local: TokenBudget,
+    shared: Option<Shared>,
+}
+
+impl TokenLimit {
+    pub fn new(per_minute: u32, store: Option<&Arc<Store>>, name: &str) -> Self {
+        let per_minute = per_minute.max(1);
+        Self {
+            per_minute,
+            local: TokenBudget::per_minute(per_minute),
+            shared: Shared::new(store, name),
+        }
+    }
+
+    fn per_token(&self) -> Duration {
+        Duration::from_secs(60) / self.per_minute
+    }
+
+    /// Whether the budget has any tokens left (it may be in debt).
+    pub async fn check(&self) -> Result<Snapshot, Refusal> {
+        if let Some(shared) = &self.shared {
+            let answer = shared
+                .store
+                .budget(&shared.key, self.per_token(), self.per_minute, 0)
+                .await;
+            if let Some(decided) = shared.decide(answer, self.per_minute) {
+                return decided;
+            }
+        }
+        self.local.check().map_err(Refusal::Limited)
+    }
+
+    /// Charge `tokens` an answer used: in the store (in the background, one atomic
+    /// script), or here when there is no store or it is down.
+    pub fn charge(self: &Arc<Self>, tokens: u32) {
+        let Some(shared) = &self.shared else {
+            return self.local.charge(tokens);
+        };
+        if !shared.store.is_up() {
+            return self.local.charge(tokens);
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let Some(shared) = &this.shared else { return };
+            let charged = shared
+                .store
+                .budget(&shared.key, this.per_token(), this.per_minute, tokens)
+                .await;
+            if charged.is_err() {
+                this.local.charge(tokens);
+            }
+        });
+    }
+}
 
 /// governor's clock, read from tokio's (pausable) time.
 #[derive(Debug, Clone)]

@@ -39,6 +39,7 @@ use prometheus_client::registry::Registry;
 use crate::errors::LimitScope;
 use crate::forwards::Forwards;
 use crate::nodes::Nodes;
+use crate::store::Store;
 
 /// A label value shared with the node or model it names (cloning it does not allocate).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -133,7 +134,7 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
 }
 
 impl Metrics {
-    pub fn new(nodes: Arc<Nodes>, forwards: Arc<Forwards>) -> Arc<Self> {
+    pub fn new(nodes: Arc<Nodes>, forwards: Arc<Forwards>, store: Option<Arc<Store>>) -> Arc<Self> {
         let mut registry = Registry::with_prefix("meshgate");
         let http_requests = Family::<HttpLabels, Counter>::default();
         registry.register(
@@ -211,6 +212,24 @@ impl Metrics {
         registry.register_collector(Box::new(NodeCollector(nodes)));
         registry.register_collector(Box::new(SshCollector));
         registry.register_collector(Box::new(ForwardCollector(forwards)));
+        if let Some(store) = store {
+            registry.register(
+                "store_errors",
+                "Calls to the shared store ([store]) that failed or got no answer in time",
+                store.errors.clone(),
+            );
+            registry.register(
+                "store_fallbacks",
+                "Limit checks decided without the shared store, by [store] on_error (local limits or 503)",
+                store.fallbacks.clone(),
+            );
+            registry.register(
+                "store_call_seconds",
+                "Round trips to the shared store that answered (limit checks, charges, stored responses, heartbeats)",
+                store.latency.clone(),
+            );
+            registry.register_collector(Box::new(StoreCollector(store)));
+        }
         Arc::new(Self {
             registry,
             http_requests,
@@ -476,6 +495,34 @@ impl Collector for ForwardCollector {
                 ConstCounter::new(bytes).encode(m.encode_family(&l)?)?;
             }
         }
+        Ok(())
+    }
+}
+
+/// The shared store's state and the replicas seen, read at scrape time.
+struct StoreCollector(Arc<Store>);
+
+impl std::fmt::Debug for StoreCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreCollector")
+    }
+}
+
+impl Collector for StoreCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let status = self.0.status();
+        ConstGauge::new(i64::from(status.state == "up")).encode(encoder.encode_descriptor(
+            "store_up",
+            "1 while the shared store ([store]) answers, 0 while it is down",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstGauge::new(status.replicas.len() as i64).encode(encoder.encode_descriptor(
+            "store_replicas",
+            "Replicas (this one included) whose heartbeat is alive in the shared store, as last read",
+            None,
+            MetricType::Gauge,
+        )?)?;
         Ok(())
     }
 }

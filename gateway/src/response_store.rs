@@ -6,13 +6,21 @@
 //! A HashMap and a VecDeque of insertion order rather than a cache crate: entries are
 //! written once and never touched again, so first-in-first-out with an age limit is all
 //! the policy needed, in forty lines.
+//!
+//! With `[store]` the responses live in the shared store instead (one key each, expiring
+//! after `store_ttl`; `store_max` does not apply there), so a follow-up turn works
+//! through any replica. While the store is down a response is kept here, and looked for
+//! here, so this replica can still continue its own conversations.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::time::Instant;
+
+use crate::store::Store;
 
 /// One kept response.
 #[derive(Debug)]
@@ -47,17 +55,103 @@ struct Inner {
 
 pub struct ResponseStore {
     inner: Mutex<Inner>,
+    shared: Option<Arc<Store>>,
+}
+
+/// A [`Stored`] as the shared store keeps it.
+#[derive(Serialize)]
+struct Wire<'a> {
+    owner: Option<&'a str>,
+    input: &'a [Value],
+    response: &'a Value,
+}
+
+#[derive(Deserialize)]
+struct WireOwned {
+    owner: Option<String>,
+    input: Vec<Value>,
+    response: Value,
 }
 
 impl ResponseStore {
-    pub fn new(max: usize, ttl: Duration) -> Self {
+    pub fn new(max: usize, ttl: Duration, shared: Option<Arc<Store>>) -> Self {
         Self {
             inner: Mutex::new(Inner {
                 max,
                 ttl,
                 ..Inner::default()
             }),
+            shared,
         }
+    }
+
+    fn key(store: &Store, id: &str) -> String {
+        store.key(&format!("response:{id}"))
+    }
+
+    /// Keep `stored` as `id`. Here it is kept before this returns; in the shared store
+    /// (when there is one) once the returned future is done — or here, if the store
+    /// does not answer.
+    pub fn put(
+        self: &Arc<Self>,
+        id: String,
+        stored: Stored,
+    ) -> Option<impl Future<Output = ()> + Send + use<>> {
+        let Some(store) = self.shared.clone() else {
+            self.put_local(id, stored);
+            return None;
+        };
+        let this = Arc::clone(self);
+        Some(async move {
+            let (ttl, max) = {
+                let inner = this.lock();
+                (inner.ttl, inner.max)
+            };
+            if max == 0 {
+                return;
+            }
+            let wire = Wire {
+                owner: stored.owner.as_deref(),
+                input: &stored.input,
+                response: &stored.response,
+            };
+            let bytes = serde_json::to_vec(&wire).unwrap_or_default();
+            if store
+                .put(&Self::key(&store, &id), bytes, ttl)
+                .await
+                .is_err()
+            {
+                this.put_local(id, stored);
+            }
+        })
+    }
+
+    /// The response `id`, if it is kept, not expired, and `owner`'s.
+    pub async fn get(&self, id: &str, owner: Option<&str>) -> Option<Arc<Stored>> {
+        if let Some(store) = &self.shared {
+            if let Ok(found) = store.get(&Self::key(store, id)).await {
+                let wire: WireOwned = serde_json::from_slice(&found?).ok()?;
+                return (wire.owner.as_deref() == owner).then(|| {
+                    Arc::new(Stored {
+                        owner: wire.owner.map(Arc::from),
+                        input: wire.input,
+                        response: wire.response,
+                    })
+                });
+            }
+        }
+        self.get_local(id, owner)
+    }
+
+    /// Forget the response `id` if it is `owner`'s; whether it was there.
+    pub async fn delete(&self, id: &str, owner: Option<&str>) -> bool {
+        let here = self.delete_local(id, owner);
+        if let Some(store) = &self.shared {
+            if self.get(id, owner).await.is_some() {
+                return store.delete(&Self::key(store, id)).await.unwrap_or(false) || here;
+            }
+        }
+        here
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -75,7 +169,7 @@ impl ResponseStore {
         self.lock().max > 0
     }
 
-    pub fn put(&self, id: String, stored: Stored) {
+    fn put_local(&self, id: String, stored: Stored) {
         let now = Instant::now();
         let mut inner = self.lock();
         if inner.max == 0 {
@@ -96,15 +190,13 @@ impl ResponseStore {
         }
     }
 
-    /// The response `id`, if it is kept, not expired, and `owner`'s.
-    pub fn get(&self, id: &str, owner: Option<&str>) -> Option<Arc<Stored>> {
+    fn get_local(&self, id: &str, owner: Option<&str>) -> Option<Arc<Stored>> {
         let inner = self.lock();
         let (at, stored) = inner.map.get(id)?;
         (at.elapsed() < inner.ttl && stored.owner.as_deref() == owner).then(|| Arc::clone(stored))
     }
 
-    /// Forget the response `id` if it is `owner`'s; whether it was there.
-    pub fn delete(&self, id: &str, owner: Option<&str>) -> bool {
+    fn delete_local(&self, id: &str, owner: Option<&str>) -> bool {
         let mut inner = self.lock();
         let ttl = inner.ttl;
         let mine = inner
@@ -132,18 +224,21 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn bounded_by_count_and_age_and_owned() {
-        let store = ResponseStore::new(2, Duration::from_secs(60));
-        store.put("a".into(), stored(Some("k1")));
+        let store = Arc::new(ResponseStore::new(2, Duration::from_secs(60), None));
+        assert!(
+            store.put("a".into(), stored(Some("k1"))).is_none(),
+            "kept at once"
+        );
         store.put("b".into(), stored(Some("k1")));
         store.put("c".into(), stored(None));
-        assert!(store.get("a", Some("k1")).is_none(), "oldest evicted");
-        assert!(store.get("b", Some("k1")).is_some());
-        assert!(store.get("b", Some("k2")).is_none(), "another key's");
-        assert!(store.get("c", None).is_some());
-        assert!(!store.delete("b", Some("k2")));
-        assert!(store.delete("b", Some("k1")));
-        assert!(store.get("b", Some("k1")).is_none());
+        assert!(store.get("a", Some("k1")).await.is_none(), "oldest evicted");
+        assert!(store.get("b", Some("k1")).await.is_some());
+        assert!(store.get("b", Some("k2")).await.is_none(), "another key's");
+        assert!(store.get("c", None).await.is_some());
+        assert!(!store.delete("b", Some("k2")).await);
+        assert!(store.delete("b", Some("k1")).await);
+        assert!(store.get("b", Some("k1")).await.is_none());
         tokio::time::advance(Duration::from_secs(61)).await;
-        assert!(store.get("c", None).is_none(), "expired");
+        assert!(store.get("c", None).await.is_none(), "expired");
     }
 }

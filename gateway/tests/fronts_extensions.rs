@@ -52,21 +52,25 @@ async fn extensions_and_request_ids_reach_routing_from_every_front() {
         responses: Arc::new(meshgate::response_store::ResponseStore::new(
             16,
             std::time::Duration::from_secs(60),
+            None,
         )),
         continuation: meshgate::app::Continuation {
             enabled: false,
             outcomes: Default::default(),
         },
     };
-    let keys = Keys::from_config(&[KeyConfig {
-        name: "alice".into(),
-        sha256: Some(hex::encode(meshgate::keys::sha256(b"k"))),
-        key_env: None,
-        models: None,
-        requests_per_minute: None,
-        burst: None,
-        tokens_per_minute: None,
-    }])
+    let keys = Keys::from_config(
+        &[KeyConfig {
+            name: "alice".into(),
+            sha256: Some(hex::encode(meshgate::keys::sha256(b"k"))),
+            key_env: None,
+            models: None,
+            requests_per_minute: None,
+            burst: None,
+            tokens_per_minute: None,
+        }],
+        None,
+    )
     .unwrap();
     let alice = meshgate::keys::Caller(keys.find(b"k").unwrap());
     let (grpc, health) = meshgate::fronts::grpc::routes(state.clone());

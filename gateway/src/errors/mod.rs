@@ -71,6 +71,12 @@ pub enum GatewayError {
     },
     #[error("internal error: {0}")]
     Internal(String),
+    /// The store that holds the shared limits is down and `[store] on_error =
+    /// "fail_closed"`.
+    #[error(
+        "rate limits cannot be checked right now (the shared store is down); try again shortly"
+    )]
+    LimitsUnavailable,
     /// The request came back to a meshgate it already passed.
     #[error("{0}")]
     Loop(String),
@@ -210,6 +216,7 @@ impl GatewayError {
             Self::NodesPaused { .. } => class(S::TOO_MANY_REQUESTS, G::ResourceExhausted, "requests", Some("rate_limit_exceeded"), false),
             Self::GaveUp { last, .. } => Class { failover: false, ..last.class() },
             Self::Internal(_) => class(S::INTERNAL_SERVER_ERROR, G::Internal, SERVER, Some("internal_error"), false),
+            Self::LimitsUnavailable => class(S::SERVICE_UNAVAILABLE, G::Unavailable, SERVER, Some("limits_unavailable"), false),
             Self::Loop(_) => class(S::LOOP_DETECTED, G::FailedPrecondition, SERVER, Some("loop_detected"), false),
             Self::TooManyHops { .. } => class(S::LOOP_DETECTED, G::FailedPrecondition, SERVER, Some("too_many_hops"), false),
             Self::ResponseNotFound { previous: true, .. } => class(S::BAD_REQUEST, G::InvalidArgument, INVALID, Some("previous_response_not_found"), false),
@@ -237,7 +244,7 @@ impl GatewayError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::RateLimited { retry_after, .. } => Some(*retry_after),
-            Self::Saturated(_) => Some(Duration::from_secs(1)),
+            Self::Saturated(_) | Self::LimitsUnavailable => Some(Duration::from_secs(1)),
             Self::NodesPaused { retry_after, .. } => Some(*retry_after),
             _ => None,
         }

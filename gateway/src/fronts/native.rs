@@ -24,7 +24,14 @@ pub trait Watch: Send + 'static {
     fn event(&mut self, kind: &str, data: &Value, meter: &Meter) -> Result<bool, String>;
     /// The event that ends the client's stream after `error`.
     fn failed(&mut self, error: &GatewayError) -> Bytes;
+    /// Work the last event started that must finish before that event goes to the
+    /// client (keeping a finished response where the client's next turn will look).
+    fn before_relay(&mut self) -> Option<Pending> {
+        None
+    }
 }
+
+pub type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 type Events = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, Infallible>> + Send>>;
 
@@ -115,6 +122,9 @@ pub fn relay<W: Watch>(node: Arc<str>, body: Body, meter: Meter, watch: W) -> Ev
                     return match s.watch.event(&kind, &json, &s.meter) {
                         Ok(done) => {
                             s.complete |= done;
+                            if let Some(pending) = s.watch.before_relay() {
+                                pending.await;
+                            }
                             Some((Ok(event), Some(s)))
                         }
                         Err(message) => {

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use crate::forwards::{ForwardStatus, Forwards};
 use crate::metrics::Metrics;
 use crate::nodes::{Health, Nodes, RecentError, Sample};
+use crate::store::{Store, StoreStatus};
 
 #[derive(Clone)]
 pub struct StatusState {
@@ -29,6 +30,7 @@ pub struct StatusState {
     pub metrics: Arc<Metrics>,
     pub config: Arc<RwLock<ConfigStatus>>,
     pub forwards: Arc<Forwards>,
+    pub store: Option<Arc<Store>>,
 }
 
 /// How the config was last loaded: when, how many reloads, the last rejected one and
@@ -117,6 +119,8 @@ pub struct Status {
     pub models: Vec<ModelRoute>,
     pub config: ConfigStatus,
     pub forwards: Vec<ForwardStatus>,
+    /// `[store]`: its state, and the replicas sharing it (`None`: no store).
+    pub store: Option<StoreStatus>,
     /// Seconds between two points of each node's `history`.
     pub history_every_s: u64,
 }
@@ -213,6 +217,7 @@ pub fn status(all: &Nodes, config: ConfigStatus, forwards: Vec<ForwardStatus>) -
         models: model_routes(all, now),
         config,
         forwards,
+        store: None,
         history_every_s: crate::nodes::HISTORY_EVERY.as_secs(),
     }
 }
@@ -295,7 +300,9 @@ async fn status_json(State(state): State<StatusState>) -> Response {
         .unwrap_or_else(|e| e.into_inner())
         .clone();
     let forwards = state.forwards.status();
-    let mut response = axum::Json(status(&state.nodes, config, forwards)).into_response();
+    let mut status = status(&state.nodes, config, forwards);
+    status.store = state.store.as_ref().map(|s| s.status());
+    let mut response = axum::Json(status).into_response();
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, "no-store".parse().expect("valid"));

@@ -21,6 +21,7 @@ pub use meshgate_sim::{Faults, Sim, SimConfig};
 pub mod bin;
 pub mod grpc;
 pub mod openai_only;
+pub mod redis;
 
 pub struct TestGateway {
     pub addr: SocketAddr,

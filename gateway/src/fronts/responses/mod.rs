@@ -15,14 +15,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 use bytes::Bytes;
-use futures_util::{StreamExt, future};
+use futures_util::StreamExt;
 use meshgate_proto::responses::ResponsesRequest;
 use serde_json::{Value, json};
 
 use crate::errors::GatewayError;
 use crate::fronts::body::Checked;
 use crate::fronts::events::{Event, events};
-use crate::fronts::native::{self, Watch};
+use crate::fronts::native::{self, Pending, Watch};
 use crate::fronts::{self, answer};
 use crate::keys::Caller;
 use crate::request::{Dialect, GatewayRequest, Inbound, Operation};
@@ -51,17 +51,20 @@ struct Keep {
 }
 
 impl Keep {
-    fn put(&self, response: &Value) {
-        if let Some(id) = response.get("id").and_then(Value::as_str) {
-            self.store.put(
-                id.to_owned(),
-                Stored {
-                    owner: self.owner.clone(),
-                    input: self.input.as_ref().clone(),
-                    response: response.clone(),
-                },
-            );
-        }
+    /// Keep the finished `response`; done once it is kept (in the shared store, a
+    /// follow-up on another replica finds it as soon as the client has the answer).
+    /// In memory it is kept at once; in the shared store, once the returned future
+    /// is done.
+    fn put(&self, response: &Value) -> Option<Pending> {
+        let id = response.get("id").and_then(Value::as_str)?;
+        let stored = Stored {
+            owner: self.owner.clone(),
+            input: self.input.as_ref().clone(),
+            response: response.clone(),
+        };
+        self.store
+            .put(id.to_owned(), stored)
+            .map(|pending| Box::pin(pending) as Pending)
     }
 }
 
@@ -78,12 +81,14 @@ async fn create(
     let mut items = Vec::new();
     let mut calls = Vec::new();
     if let Some(id) = &value.previous_response_id {
-        let previous = app.responses.get(id, owner.as_deref()).ok_or_else(|| {
-            GatewayError::ResponseNotFound {
+        let previous = app
+            .responses
+            .get(id, owner.as_deref())
+            .await
+            .ok_or_else(|| GatewayError::ResponseNotFound {
                 id: id.clone(),
                 previous: true,
-            }
-        })?;
+            })?;
         items = previous.conversation();
         for item in &items {
             if item["type"] == "function_call" {
@@ -124,7 +129,11 @@ async fn create(
     let mut response = match (dialect, stream) {
         (Dialect::Responses, true) => {
             meter.ready(Duration::ZERO);
-            let watch = NativeWatch { keep, seq: 0 };
+            let watch = NativeWatch {
+                keep,
+                seq: 0,
+                pending: None,
+            };
             fronts::sse_response(axum::body::Body::from_stream(native::relay(
                 Arc::clone(&node),
                 body,
@@ -147,8 +156,8 @@ async fn create(
                     object.insert(key.into(), value);
                 }
             }
-            if let Some(keep) = &keep {
-                keep.put(&json);
+            if let Some(pending) = keep.as_ref().and_then(|k| k.put(&json)) {
+                pending.await;
             }
             Json(json).into_response()
         }
@@ -170,8 +179,8 @@ async fn create(
             }
             let mut translator = Translator::new(&echo, model);
             let response = translator.whole(&json);
-            if let Some(keep) = &keep {
-                keep.put(&response);
+            if let Some(pending) = keep.as_ref().and_then(|k| k.put(&response)) {
+                pending.await;
             }
             Json(response).into_response()
         }
@@ -202,12 +211,13 @@ fn translated(
         .map(|(kind, data)| sse(kind, data))
         .collect();
     let rest = events(node, body, meter).filter_map(move |event| {
+        let mut kept = None;
         let events = match event {
             Ok(Event::Chunk(json)) => translator.chunk(&json),
             Ok(Event::Done) => {
                 let events = translator.done();
                 if let (Some(keep), Some((_, last))) = (&keep, events.last()) {
-                    keep.put(&last["response"]);
+                    kept = keep.put(&last["response"]);
                 }
                 events
             }
@@ -217,7 +227,13 @@ fn translated(
             .iter()
             .flat_map(|(kind, data)| sse(kind, data).to_vec())
             .collect();
-        future::ready((!bytes.is_empty()).then(|| Ok(Bytes::from(bytes))))
+        // The last events go out once the response is kept.
+        async move {
+            if let Some(kept) = kept {
+                kept.await;
+            }
+            (!bytes.is_empty()).then(|| Ok(Bytes::from(bytes)))
+        }
     });
     futures_util::stream::iter(start.into_iter().map(Ok)).chain(rest)
 }
@@ -226,6 +242,8 @@ fn translated(
 struct NativeWatch {
     keep: Option<Keep>,
     seq: u64,
+    /// The finished response being written to the shared store.
+    pending: Option<Pending>,
 }
 
 impl Watch for NativeWatch {
@@ -237,7 +255,7 @@ impl Watch for NativeWatch {
             "response.completed" | "response.incomplete" => {
                 book(meter, &data["response"]);
                 if let Some(keep) = &self.keep {
-                    keep.put(&data["response"]);
+                    self.pending = keep.put(&data["response"]);
                 }
                 Ok(true)
             }
@@ -254,6 +272,10 @@ impl Watch for NativeWatch {
     fn failed(&mut self, error: &GatewayError) -> Bytes {
         error.responses_event(self.seq)
     }
+
+    fn before_relay(&mut self) -> Option<Pending> {
+        self.pending.take()
+    }
 }
 
 async fn fetch(
@@ -264,6 +286,7 @@ async fn fetch(
     let owner = owner(caller.as_ref());
     app.responses
         .get(&id, owner.as_deref())
+        .await
         .map(|stored| Json(stored.response.clone()))
         .ok_or(GatewayError::ResponseNotFound {
             id,
@@ -277,7 +300,7 @@ async fn delete(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, GatewayError> {
     let owner = owner(caller.as_ref());
-    if app.responses.delete(&id, owner.as_deref()) {
+    if app.responses.delete(&id, owner.as_deref()).await {
         Ok(Json(
             json!({"id": id, "object": "response", "deleted": true}),
         ))
