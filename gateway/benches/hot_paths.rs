@@ -200,7 +200,7 @@ fn key_lookup(c: &mut Criterion) {
             }
         })
         .collect();
-    let keys = meshgate::keys::Keys::from_config(&configs).expect("keys");
+    let keys = meshgate::keys::Keys::from_config(&configs, None).expect("keys");
     let mut near = right.to_owned();
     near.pop();
     near.push('0');
