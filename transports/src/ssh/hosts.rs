@@ -167,12 +167,13 @@ fn matches_one(pattern: &str, name: &str) -> bool {
     let (mut pi, mut ni) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        // `*` first: a `*` in the name is no reason to take the pattern's as a letter.
+        if pi < p.len() && p[pi] == '*' {
             star = Some((pi, ni));
             pi += 1;
+        } else if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
         } else if let Some((sp, sn)) = star {
             pi = sp + 1;
             ni = sn + 1;
@@ -201,6 +202,10 @@ mod tests {
         assert!(matches_list("*a*b*c", "xaxxbxxxc"));
         assert!(!matches_list("*a*b*c", "xaxxbxxx"));
         assert!(!matches_list(&"*a".repeat(40), &"a".repeat(30)));
+        // Found by the ssh_config fuzz target: a `*` facing a `*` in the name was
+        // matched as a letter, and the rest of the name then failed.
+        assert!(matches_list("gp]u-*", "gp]u-*,"));
+        assert!(matches_list("a*", "a*b"));
     }
 
     #[test]
