@@ -83,7 +83,7 @@ pub fn wrap(app: &AppState, template: GatewayRequest, routed: Routed) -> Routed 
 
 /// How a node's stream is framed.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Format {
+pub(crate) enum Format {
     /// OpenAI SSE: `data: {chunk}` events, `data: [DONE]` at the end.
     Sse,
     /// Ollama NDJSON: one JSON line per chunk, `"done": true` on the last.
@@ -100,7 +100,7 @@ impl Format {
     }
 
     /// End of the first complete event or line in `buf`.
-    fn unit_end(self, buf: &[u8]) -> Option<usize> {
+    pub(crate) fn unit_end(self, buf: &[u8]) -> Option<usize> {
         match self {
             Self::Lines => buf.iter().position(|&b| b == b'\n').map(|i| i + 1),
             // An event ends at a blank line: `\n` or `\r\n` right after a line's `\n`, as

@@ -177,7 +177,7 @@ fn host_keys_in(file: &Path, name: &str, port: u16) -> Vec<(usize, PublicKey)> {
 /// The keys a known_hosts file's `text` records for `name` on `port` (as `[name]:port`
 /// unless 22), with their line numbers. Lines that cannot be read (a bad key, too few
 /// fields) and marked lines (`@cert-authority`, `@revoked`) are skipped.
-pub(crate) fn host_keys(text: &str, name: &str, port: u16) -> Vec<(usize, PublicKey)> {
+fn host_keys(text: &str, name: &str, port: u16) -> Vec<(usize, PublicKey)> {
     let name = if port == 22 {
         name.to_owned()
     } else {
