@@ -30,11 +30,20 @@ fuzz_target!(|data: &[u8]| {
     }
     assert_eq!(incremental, whole, "chunking changed the head");
     assert_eq!(buf, whole_buf, "chunking changed the bytes left over");
-    assert!(payload.ends_with(&whole_buf), "bytes left over are not the input's tail");
+    assert!(
+        payload.ends_with(&whole_buf),
+        "bytes left over are not the input's tail"
+    );
 
     if let Ok(Some((status, headers))) = &whole {
         assert!(!status.is_informational(), "1xx head returned: {status}");
-        for hop in ["connection", "keep-alive", "transfer-encoding", "te", "upgrade"] {
+        for hop in [
+            "connection",
+            "keep-alive",
+            "transfer-encoding",
+            "te",
+            "upgrade",
+        ] {
             assert!(!headers.contains_key(hop), "hop-by-hop {hop} kept");
         }
     }

@@ -16,11 +16,14 @@ use meshgate_transports::ssh::known_hosts::{preferred_algorithms, verify};
 use meshgate_transports::ssh::{HostKeyPolicy, HostKeyStatus, SshTarget};
 use russh::keys::{Algorithm, EcdsaCurve, PublicKey};
 
-const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFG78RE3qdpYlj8St2Jr9J1ico/PYzr20ZUDP6/xFzxD";
+const KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFG78RE3qdpYlj8St2Jr9J1ico/PYzr20ZUDP6/xFzxD";
 
 fn file() -> &'static PathBuf {
     static FILE: OnceLock<PathBuf> = OnceLock::new();
-    FILE.get_or_init(|| std::env::temp_dir().join(format!("meshgate-fuzz-kh-{}", std::process::id())))
+    FILE.get_or_init(|| {
+        std::env::temp_dir().join(format!("meshgate-fuzz-kh-{}", std::process::id()))
+    })
 }
 
 fn target(host: &str, port: u16) -> SshTarget {
@@ -64,7 +67,9 @@ fuzz_target!(|data: &[u8]| {
     }
     let defaults = [
         Algorithm::Ed25519,
-        Algorithm::Ecdsa { curve: EcdsaCurve::NistP256 },
+        Algorithm::Ecdsa {
+            curve: EcdsaCurve::NistP256,
+        },
         Algorithm::Rsa { hash: None },
     ];
     let mut preferred = preferred_algorithms(&target, &defaults);
@@ -72,10 +77,18 @@ fuzz_target!(|data: &[u8]| {
     preferred.sort_by_key(|a| defaults.iter().position(|d| d == a));
     assert_eq!(preferred, defaults);
 
-    let name = if port == 22 { host.to_owned() } else { format!("[{host}]:{port}") };
+    let name = if port == 22 {
+        host.to_owned()
+    } else {
+        format!("[{host}]:{port}")
+    };
     let mut with_entry = text.to_vec();
     with_entry.extend_from_slice(format!("\n{name} {KEY}\n").as_bytes());
     std::fs::write(file(), &with_entry).unwrap();
     let status = verify(&target, &key);
-    assert_eq!(status, HostKeyStatus::Known, "a correct entry was not found");
+    assert_eq!(
+        status,
+        HostKeyStatus::Known,
+        "a correct entry was not found"
+    );
 });

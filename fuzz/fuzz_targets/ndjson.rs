@@ -78,7 +78,11 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(joined, expected, "bytes lost, doubled or reordered");
 
     // OpenAI SSE events.
-    assert_eq!(sse_events(&parts), sse_events(&[payload]), "chunking changed the events");
+    assert_eq!(
+        sse_events(&parts),
+        sse_events(&[payload]),
+        "chunking changed the events"
+    );
 
     // Continuation's units.
     for ndjson in [true, false] {
@@ -98,7 +102,11 @@ fuzz_target!(|data: &[u8]| {
         }
         if !ndjson {
             from_units.extend(decoded(rest));
-            assert_eq!(from_units, decoded(payload), "cutting into units lost events");
+            assert_eq!(
+                from_units,
+                decoded(payload),
+                "cutting into units lost events"
+            );
         }
     }
 });

@@ -55,7 +55,13 @@ fn checked<T: DeserializeOwned>(raw: &[u8], json: Json) -> Option<T> {
 
 fn gateway_request(operation: Operation, model: String, raw: &[u8]) {
     let inbound = Inbound::new(&http::HeaderMap::new(), &http::Extensions::new());
-    if let Ok(request) = GatewayRequest::new(operation, model, false, Bytes::copy_from_slice(raw), inbound) {
+    if let Ok(request) = GatewayRequest::new(
+        operation,
+        model,
+        false,
+        Bytes::copy_from_slice(raw),
+        inbound,
+    ) {
         assert!(!request.model.trim().is_empty());
     }
 }
@@ -102,7 +108,10 @@ fuzz_target!(|raw: &[u8]| {
         let Ok(json) = serde_json::from_slice::<Value>(raw) else {
             return; // the front answers MalformedJson
         };
-        assert!(json.is_object(), "the Responses front edits it as an object");
+        assert!(
+            json.is_object(),
+            "the Responses front edits it as an object"
+        );
         if translate::responses::check(&json).is_ok() {
             let items = translate::responses::input_items(v.input.as_ref());
             let _ = translate::responses::check_items(&items, "input", &mut Vec::new());

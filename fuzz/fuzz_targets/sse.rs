@@ -22,7 +22,11 @@ fuzz_target!(|data: &[u8]| {
         while let Some(event) = incremental.next_event() {
             got.push(event);
         }
-        assert_eq!(incremental.next_event(), None, "drained decoder yields more");
+        assert_eq!(
+            incremental.next_event(),
+            None,
+            "drained decoder yields more"
+        );
     }
 
     let mut at_once = SseDecoder::new();

@@ -54,7 +54,10 @@ fuzz_target!(|data: &[u8]| {
     let list = hosts::read(&config).expect("the config exists");
     for (i, alias) in list.aliases.iter().enumerate() {
         assert!(!hosts::is_pattern(alias), "pattern listed: {alias:?}");
-        assert!(!list.aliases[..i].contains(alias), "listed twice: {alias:?}");
+        assert!(
+            !list.aliases[..i].contains(alias),
+            "listed twice: {alias:?}"
+        );
     }
     assert_eq!(list.matching("*").count(), list.aliases.len());
     assert!(list.files.iter().all(|f| f.starts_with(dir)));

@@ -14,7 +14,9 @@ use libfuzzer_sys::fuzz_target;
 use meshgate::fronts::body::parse;
 use meshgate::operation::Operation;
 use meshgate::translate::{self, anthropic, ollama, responses};
-use meshgate_proto::{anthropic as wire_anthropic, ollama as wire_ollama, responses as wire_responses};
+use meshgate_proto::{
+    anthropic as wire_anthropic, ollama as wire_ollama, responses as wire_responses,
+};
 use serde_json::Value;
 
 fn is_request_for(bytes: &[u8], model: &str) {
@@ -29,7 +31,9 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut lines = rest.split(|&b| b == b'\n');
     let request = lines.next().unwrap_or_default();
-    let answers: Vec<Value> = lines.filter_map(|l| serde_json::from_slice(l).ok()).collect();
+    let answers: Vec<Value> = lines
+        .filter_map(|l| serde_json::from_slice(l).ok())
+        .collect();
     let body = Bytes::copy_from_slice(request);
 
     match which % 6 {
@@ -87,7 +91,9 @@ fuzz_target!(|data: &[u8]| {
                 _ => Operation::OllamaEmbed,
             };
             let model = match operation {
-                Operation::OllamaChat => parse::<wire_ollama::ChatRequest>(request).map(|r| r.model),
+                Operation::OllamaChat => {
+                    parse::<wire_ollama::ChatRequest>(request).map(|r| r.model)
+                }
                 Operation::OllamaGenerate => {
                     parse::<wire_ollama::GenerateRequest>(request).map(|r| r.model)
                 }
