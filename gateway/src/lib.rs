@@ -18,6 +18,10 @@ pub mod edge;
 pub mod errors;
 pub mod forwards;
 pub mod fronts;
+/// Private parsers, reachable only by the fuzz targets in `fuzz/`.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod keys;
 pub mod limits;
 pub mod listen;

@@ -6,6 +6,9 @@
 #[derive(Debug, Default)]
 pub struct SseDecoder {
     buf: Vec<u8>,
+    /// How much of `buf` has been read (whole lines); dropped on the next `push`, so a
+    /// frame of many lines is not moved once per line.
+    read: usize,
     /// How far `buf` has been scanned for line ends.
     scanned: usize,
     /// `data:` lines of the event being read, joined with `\n`.
@@ -18,6 +21,9 @@ impl SseDecoder {
     }
 
     pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.drain(..self.read);
+        self.scanned -= self.read;
+        self.read = 0;
         self.buf.extend_from_slice(bytes);
     }
 
@@ -30,7 +36,7 @@ impl SseDecoder {
                 return None;
             };
             let end = self.scanned + newline;
-            let mut line = &self.buf[..end];
+            let mut line = &self.buf[self.read..end];
             if let Some(stripped) = line.strip_suffix(b"\r") {
                 line = stripped;
             }
@@ -51,8 +57,8 @@ impl SseDecoder {
                 }
                 None
             };
-            self.buf.drain(..=end);
-            self.scanned = 0;
+            self.read = end + 1;
+            self.scanned = self.read;
             if event.is_some() {
                 return event;
             }
@@ -62,7 +68,7 @@ impl SseDecoder {
     /// Whether bytes of an unfinished event are buffered (a stream that ends here was
     /// cut inside an event).
     pub fn has_partial(&self) -> bool {
-        !self.buf.is_empty() || self.data.is_some()
+        self.read < self.buf.len() || self.data.is_some()
     }
 }
 
@@ -99,6 +105,18 @@ mod tests {
             events(&[": keep-alive\n\nevent: message\nid: 3\ndata: a\ndata: b\n\n"]),
             ["a\nb"]
         );
+    }
+
+    #[test]
+    fn a_push_between_events_keeps_the_unread_ones() {
+        let mut d = SseDecoder::new();
+        d.push(b"data: 1\n\ndata: 2\n\nda");
+        assert_eq!(d.next_event().as_deref(), Some("1"));
+        d.push(b"ta: 3\n\n");
+        assert_eq!(d.next_event().as_deref(), Some("2"));
+        assert_eq!(d.next_event().as_deref(), Some("3"));
+        assert_eq!(d.next_event(), None);
+        assert!(!d.has_partial());
     }
 
     #[test]

@@ -7,6 +7,10 @@
 #![forbid(unsafe_code)]
 
 mod error;
+/// Private parsers, reachable only by the fuzz targets in `fuzz/`.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod local;
 mod pooled;
 pub mod ssh;

@@ -4,7 +4,7 @@
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use bytes::Bytes;
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, IgnoredAny};
 
 use crate::errors::GatewayError;
 use crate::request::Inbound;
@@ -70,42 +70,54 @@ pub fn parse<T: DeserializeOwned>(raw: &[u8]) -> Result<T, GatewayError> {
             e.valid_up_to()
         )));
     }
+    // serde reads a struct from an array too (`["m", [...]]`); every request meshgate
+    // takes is an object, and the fronts edit it as one.
+    if raw.trim_ascii_start().first() != Some(&b'{')
+        && serde_json::from_slice::<IgnoredAny>(raw).is_ok()
+    {
+        return Err(GatewayError::InvalidField {
+            message: "invalid request: the body must be a JSON object".into(),
+            param: None,
+        });
+    }
     let mut de = serde_json::Deserializer::from_slice(raw);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        invalid(path, e.into_inner())
+        // Whether the body is JSON decides the kind, not serde's error category: a
+        // mistyped field can come up before a syntax error further on, and serde_json
+        // says "expected value" of a number where an enum (a `role`) is expected.
+        match serde_json::from_slice::<IgnoredAny>(raw) {
+            Err(syntax) => malformed(syntax),
+            Ok(_) => invalid(e.path().to_string(), e.into_inner()),
+        }
     })?;
-    de.end().map_err(|e| invalid(".".into(), e))?;
+    de.end().map_err(malformed)?;
     Ok(value)
 }
 
+fn malformed(e: serde_json::Error) -> GatewayError {
+    GatewayError::MalformedJson(format!("the request body is not valid JSON: {e}"))
+}
+
+/// A JSON body that does not fit the request type at `path`.
 fn invalid(path: String, e: serde_json::Error) -> GatewayError {
-    use serde_json::error::Category;
-    match e.classify() {
-        Category::Syntax | Category::Eof | Category::Io => {
-            GatewayError::MalformedJson(format!("the request body is not valid JSON: {e}"))
-        }
-        Category::Data => {
-            let message = e.to_string();
-            // serde reports a missing field at the parent's path; name the field itself.
-            let missing = message
-                .strip_prefix("missing field `")
-                .and_then(|rest| rest.split('`').next())
-                .map(|field| {
-                    if path == "." {
-                        field.to_owned()
-                    } else {
-                        format!("{path}.{field}")
-                    }
-                });
-            let param = missing.or_else(|| (path != ".").then_some(path));
-            let message = match &param {
-                Some(p) => format!("invalid request: `{p}`: {}", strip_position(&message)),
-                None => format!("invalid request: {}", strip_position(&message)),
-            };
-            GatewayError::InvalidField { message, param }
-        }
-    }
+    let message = e.to_string();
+    // serde reports a missing field at the parent's path; name the field itself.
+    let missing = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next())
+        .map(|field| {
+            if path == "." {
+                field.to_owned()
+            } else {
+                format!("{path}.{field}")
+            }
+        });
+    let param = missing.or_else(|| (path != ".").then_some(path));
+    let message = match &param {
+        Some(p) => format!("invalid request: `{p}`: {}", strip_position(&message)),
+        None => format!("invalid request: {}", strip_position(&message)),
+    };
+    GatewayError::InvalidField { message, param }
 }
 
 /// serde_json appends " at line L column C"; with the field path named, it is noise.
@@ -123,6 +135,32 @@ mod tests {
 
     fn err(body: &[u8]) -> GatewayError {
         parse::<ChatCompletionRequest>(body).expect_err("should be rejected")
+    }
+
+    #[test]
+    fn a_mistyped_enum_is_an_invalid_field_not_malformed_json() {
+        // Found by the request_parse fuzz target: serde_json reports a number where an
+        // enum is expected as "expected value", a syntax error, so valid JSON was called
+        // malformed.
+        use meshgate_proto::anthropic::MessagesRequest;
+        let e = parse::<MessagesRequest>(br#"{"model":"m","messages":[{"role":1}]}"#)
+            .expect_err("role is not a role");
+        assert_eq!(e.param(), Some("messages[0].role"), "{e}");
+    }
+
+    #[test]
+    fn a_body_that_is_not_an_object_is_refused() {
+        // serde reads a struct from an array: `["m"]` was a valid Responses request, and
+        // the front then panicked editing it as an object.
+        use meshgate_proto::responses::ResponsesRequest;
+        for body in [&br#"["m"]"#[..], br#" ["m", []]"#, b"\"m\"", b"1"] {
+            let e = parse::<ResponsesRequest>(body).expect_err("not an object");
+            assert!(
+                matches!(e, GatewayError::InvalidField { .. }),
+                "{body:?}: {e}"
+            );
+            assert!(err(body).to_string().contains("object"), "{body:?}");
+        }
     }
 
     #[test]
@@ -144,6 +182,10 @@ mod tests {
             b"",
             b"{\"model\":\"\xff\"}",
             br#"{"model":"m","messages":[]} trailing"#,
+            // Found by the request_parse fuzz target: a missing or mistyped field was
+            // reported before the syntax error after it.
+            br#"{"model":"m"} trailing"#,
+            br#"{"model":1,"messages":"#,
         ] {
             assert!(
                 matches!(err(body), GatewayError::MalformedJson(_)),

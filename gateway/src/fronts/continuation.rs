@@ -83,7 +83,7 @@ pub fn wrap(app: &AppState, template: GatewayRequest, routed: Routed) -> Routed 
 
 /// How a node's stream is framed.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Format {
+pub(crate) enum Format {
     /// OpenAI SSE: `data: {chunk}` events, `data: [DONE]` at the end.
     Sse,
     /// Ollama NDJSON: one JSON line per chunk, `"done": true` on the last.
@@ -100,12 +100,14 @@ impl Format {
     }
 
     /// End of the first complete event or line in `buf`.
-    fn unit_end(self, buf: &[u8]) -> Option<usize> {
+    pub(crate) fn unit_end(self, buf: &[u8]) -> Option<usize> {
         match self {
             Self::Lines => buf.iter().position(|&b| b == b'\n').map(|i| i + 1),
+            // An event ends at a blank line: `\n` or `\r\n` right after a line's `\n`, as
+            // `SseDecoder` reads it (`\r\n\r\n` holds `\n\r\n`; mixed endings count).
             Self::Sse => {
                 let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-                let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+                let crlf = buf.windows(3).position(|w| w == b"\n\r\n").map(|i| i + 3);
                 match (lf, crlf) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
@@ -375,4 +377,22 @@ fn sse_data(event: &[u8]) -> String {
         }
     }
     data
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_sse_unit_ends_where_the_decoder_ends_the_event() {
+        // Found by the ndjson fuzz target: `\n\r\n` ends an event for `SseDecoder`, but
+        // not a unit here, so one unit held two events, read as one that is not JSON
+        // (its text not kept for a continuation, a `[DONE]` in it not seen).
+        let sse = Format::Sse;
+        assert_eq!(sse.unit_end(b"data: a\n\r\ndata: b\n\n"), Some(10));
+        assert_eq!(sse.unit_end(b"data: a\r\n\r\nrest"), Some(11));
+        assert_eq!(sse.unit_end(b"data: a\n\nrest"), Some(9));
+        assert_eq!(sse.unit_end(b"data: a\r\n"), None);
+        assert_eq!(Format::Lines.unit_end(b"{}\n{}"), Some(3));
+    }
 }

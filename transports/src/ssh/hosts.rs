@@ -65,6 +65,12 @@ fn scan(text: &str, base: &Path, list: &mut HostList, depth: usize) {
         } else if keyword.eq_ignore_ascii_case("include") {
             for word in words(rest) {
                 for path in include_paths(&word, base) {
+                    // A file read once has given its aliases and followed its includes:
+                    // reading it again adds nothing, and an Include loop that names a
+                    // file twice would otherwise take 2^16 reads.
+                    if list.files.contains(&path) {
+                        continue;
+                    }
                     if let Ok(text) = std::fs::read_to_string(&path) {
                         list.files.push(path);
                         scan(&text, base, list, depth + 1);
@@ -161,12 +167,13 @@ fn matches_one(pattern: &str, name: &str) -> bool {
     let (mut pi, mut ni) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        // `*` first: a `*` in the name is no reason to take the pattern's as a letter.
+        if pi < p.len() && p[pi] == '*' {
             star = Some((pi, ni));
             pi += 1;
+        } else if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
         } else if let Some((sp, sn)) = star {
             pi = sp + 1;
             ni = sn + 1;
@@ -195,6 +202,24 @@ mod tests {
         assert!(matches_list("*a*b*c", "xaxxbxxxc"));
         assert!(!matches_list("*a*b*c", "xaxxbxxx"));
         assert!(!matches_list(&"*a".repeat(40), &"a".repeat(30)));
+        // Found by the ssh_config fuzz target: a `*` facing a `*` in the name was
+        // matched as a letter, and the rest of the name then failed.
+        assert!(matches_list("gp]u-*", "gp]u-*,"));
+        assert!(matches_list("a*", "a*b"));
+    }
+
+    #[test]
+    fn an_include_loop_reads_each_file_once() {
+        // Found by fuzz/fuzz_targets/ssh_config.rs (a timeout): every file read again
+        // at each of 16 levels, three times over, is 3^17 reads.
+        let dir = std::env::temp_dir().join(format!("mg-hosts-loop-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a"), "Host gpu-1\nInclude a a b\n").unwrap();
+        std::fs::write(dir.join("b"), "Host gpu-2\nInclude a b b\n").unwrap();
+        let list = read(&dir.join("a")).unwrap();
+        assert_eq!(list.aliases, ["gpu-1", "gpu-2"]);
+        assert_eq!(list.files, [dir.join("a"), dir.join("b")]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

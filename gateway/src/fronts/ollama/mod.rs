@@ -9,7 +9,7 @@
 //! (`[ollama] listen = "127.0.0.1:11434"`) as a drop-in for a local Ollama.
 
 mod handlers;
-mod stream;
+pub(crate) mod stream;
 
 use axum::Router;
 use axum::extract::{FromRequest, Request};

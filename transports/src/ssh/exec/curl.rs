@@ -112,9 +112,9 @@ pub(super) async fn execute(
     Ok(response)
 }
 
-struct Head {
-    status: StatusCode,
-    headers: HeaderMap,
+pub(crate) struct Head {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
 }
 
 struct Pump {
@@ -382,7 +382,7 @@ fn truncate(s: &str, max: usize) -> &str {
 
 /// Parses curl's `-i` output: status line and headers, skipping 1xx interim heads.
 /// Consumes the head from `buf`, leaving body bytes.
-fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, String> {
+pub(crate) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, String> {
     loop {
         let Some((head_len, sep)) = find_head_end(buf) else {
             return Ok(None);

@@ -11,7 +11,7 @@
 //! fewest requests in flight. Both ways hold the session's `MaxSessions` slots while
 //! their channels are open, so requests beyond them wait instead of failing.
 
-mod curl;
+pub(crate) mod curl;
 mod pipe;
 mod shell;
 
