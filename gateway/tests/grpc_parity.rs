@@ -142,15 +142,7 @@ async fn rest_and_grpc_agree() {
 }
 
 async fn client_send(request: http::Request<String>) -> Reply {
-    use http_body_util::BodyExt;
-    let request = request.map(|b| http_body_util::Full::new(bytes::Bytes::from(b)));
-    let response = client().request(request).await.unwrap();
-    let (parts, body) = response.into_parts();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body: body.collect().await.unwrap().to_bytes(),
-    }
+    request_reply(request.map(|b| http_body_util::Full::new(bytes::Bytes::from(b)))).await
 }
 
 #[tokio::test]

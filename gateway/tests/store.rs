@@ -445,15 +445,7 @@ async fn a_response_stored_on_replica_1_is_continued_on_replica_3() {
                 Bytes::from(body.to_string())
             }))
             .unwrap();
-        async move {
-            let response = client().request(request).await.unwrap();
-            let (parts, body) = response.into_parts();
-            Reply {
-                status: parts.status,
-                headers: parts.headers,
-                body: body.collect().await.unwrap().to_bytes(),
-            }
-        }
+        request_reply(request)
     };
 
     let first = call(

@@ -247,6 +247,11 @@ pub async fn send(method: &str, url: &str, body: impl Into<Bytes>) -> Reply {
         .header("content-type", "application/json")
         .body(Full::new(body.into()))
         .unwrap();
+    request_reply(request).await
+}
+
+/// Sends `request` and reads the whole answer.
+pub async fn request_reply(request: http::Request<Full<Bytes>>) -> Reply {
     let response = client().request(request).await.expect("gateway answers");
     let (parts, body) = response.into_parts();
     let body = body.collect().await.expect("whole body").to_bytes();
