@@ -185,3 +185,29 @@ pub struct Routed {
     /// holding it keeps the request open, so a stream holds it until it ends.
     pub meter: Meter,
 }
+
+/// `node`'s whole answer `body`, at most `max_bytes`, with nothing booked (for answers
+/// that are not a request's, such as inventory calls).
+pub async fn read_answer(
+    node: &str,
+    body: meshgate_transports::Body,
+    max_bytes: usize,
+) -> Result<Bytes, GatewayError> {
+    use http_body_util::BodyExt;
+    let collected = http_body_util::Limited::new(body, max_bytes)
+        .collect()
+        .await
+        .map_err(
+            |e| match e.downcast::<meshgate_transports::TransportError>() {
+                Ok(source) => GatewayError::Upstream {
+                    node: node.to_owned(),
+                    source: *source,
+                },
+                Err(_) => GatewayError::UpstreamTooLarge {
+                    node: node.to_owned(),
+                    limit: max_bytes,
+                },
+            },
+        )?;
+    Ok(collected.to_bytes())
+}

@@ -4,8 +4,6 @@
 //! failure booked on it.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
-use meshgate_transports::TransportError;
 use tokio::time::Instant;
 
 use std::sync::Arc;
@@ -13,7 +11,7 @@ use std::sync::Arc;
 use tower::ServiceExt;
 
 use crate::errors::GatewayError;
-use crate::request::{Dialect, GatewayRequest, Routed};
+use crate::request::{Dialect, GatewayRequest, Routed, read_answer};
 use crate::state::AppState;
 use crate::telemetry::meter::Meter;
 
@@ -62,7 +60,7 @@ pub async fn whole(
     max_bytes: usize,
 ) -> Result<Bytes, GatewayError> {
     let reading = Instant::now();
-    let bytes = read(node, body, max_bytes)
+    let bytes = read_answer(node, body, max_bytes)
         .await
         .map_err(|e| meter.fail(e))?;
     meter.ready(reading.elapsed());
@@ -78,27 +76,4 @@ pub async fn whole_json(
 ) -> Result<serde_json::Value, GatewayError> {
     let bytes = whole(node, body, meter, max_bytes).await?;
     serde_json::from_slice(&bytes).map_err(|e| meter.fail(GatewayError::bad_node_answer(node, e)))
-}
-
-/// `node`'s whole answer `body`, at most `max_bytes`, with nothing booked (for answers
-/// that are not a request's, such as inventory calls).
-pub async fn read(
-    node: &str,
-    body: meshgate_transports::Body,
-    max_bytes: usize,
-) -> Result<Bytes, GatewayError> {
-    let collected = Limited::new(body, max_bytes)
-        .collect()
-        .await
-        .map_err(|e| match e.downcast::<TransportError>() {
-            Ok(source) => GatewayError::Upstream {
-                node: node.to_owned(),
-                source: *source,
-            },
-            Err(_) => GatewayError::UpstreamTooLarge {
-                node: node.to_owned(),
-                limit: max_bytes,
-            },
-        })?;
-    Ok(collected.to_bytes())
 }

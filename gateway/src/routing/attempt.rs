@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use crate::errors::GatewayError;
 use crate::nodes::{Lease, Node};
 use crate::operation::Api;
-use crate::request::{Dialect, GatewayRequest, Routed};
+use crate::request::{Dialect, GatewayRequest, Routed, read_answer};
 use crate::telemetry::meter::{AttemptOutcome, Meter};
 use crate::telemetry::spans;
 use crate::translate;
@@ -226,28 +226,26 @@ async fn read_whole(
     limit: usize,
 ) -> Result<meshgate_transports::Response, GatewayError> {
     let (parts, body) = response.into_parts();
-    let upstream = |source: TransportError| GatewayError::Upstream {
-        node: node.to_owned(),
-        source,
-    };
-    let bytes = match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) => {
-            return Err(match e.downcast::<TransportError>() {
-                Ok(cut) => upstream(cut.in_phase(Phase::FirstByte)),
-                Err(_) => GatewayError::UpstreamTooLarge {
-                    node: node.to_owned(),
-                    limit,
-                },
+    // Cut short: nothing was relayed yet, so it is still before the first byte.
+    let bytes = match read_answer(node, body, limit).await {
+        Ok(bytes) => bytes,
+        Err(GatewayError::Upstream { node, source }) => {
+            return Err(GatewayError::Upstream {
+                node,
+                source: source.in_phase(Phase::FirstByte),
             });
         }
+        Err(e) => return Err(e),
     };
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
-        return Err(upstream(TransportError::new(
-            Phase::FirstByte,
-            Kind::Protocol,
-            format!("the answer is not valid JSON (cut short?): {e}"),
-        )));
+        return Err(GatewayError::Upstream {
+            node: node.to_owned(),
+            source: TransportError::new(
+                Phase::FirstByte,
+                Kind::Protocol,
+                format!("the answer is not valid JSON (cut short?): {e}"),
+            ),
+        });
     }
     Ok(http::Response::from_parts(
         parts,

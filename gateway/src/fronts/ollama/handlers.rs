@@ -207,7 +207,9 @@ async fn ask(node: &Node, request: http::Request<Bytes>) -> Option<(StatusCode, 
         let response = node.transport.clone().oneshot(request).await.ok()?;
         let status = response.status();
         let (_, body) = response.into_parts();
-        let bytes = answer::read(&node.name, body, 16 << 20).await.ok()?;
+        let bytes = crate::request::read_answer(&node.name, body, 16 << 20)
+            .await
+            .ok()?;
         Some((status, bytes))
     };
     tokio::time::timeout(INVENTORY_TIMEOUT, call)
