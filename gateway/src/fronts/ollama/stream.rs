@@ -26,14 +26,6 @@ fn json_line(value: &Value) -> Bytes {
     line.into()
 }
 
-/// The tokens the last line of a native stream (`"done":true`) reports.
-fn native_tokens(lines: &[u8]) -> Option<Tokens> {
-    let last = lines
-        .split(|&b| b == b'\n')
-        .rfind(|line| line.windows(11).any(|w| w == b"\"done\":true"))?;
-    Tokens::from_ollama(&serde_json::from_slice(last).ok()?)
-}
-
 /// What the relay reads of a native line: that it is JSON, and whether it ends the stream.
 #[derive(serde::Deserialize)]
 struct Line {
@@ -41,14 +33,15 @@ struct Line {
     done: bool,
 }
 
-/// Checks whole `lines`: each is JSON. The length of the good prefix, whether a
-/// `done: true` line came, and why a line is bad (if one is).
-fn check_lines(lines: &[u8]) -> (usize, bool, Option<String>) {
-    let (mut good, mut done) = (0, false);
+/// Checks whole `lines`: each is JSON. The length of the good prefix, the `done: true`
+/// line if it came, and why a line is bad (if one is).
+fn check_lines(lines: &[u8]) -> (usize, Option<&[u8]>, Option<String>) {
+    let (mut good, mut done) = (0, None);
     for line in lines.split_inclusive(|&b| b == b'\n') {
         if !line.trim_ascii().is_empty() {
             match serde_json::from_slice::<Line>(line) {
-                Ok(parsed) => done |= parsed.done,
+                Ok(parsed) if parsed.done => done = Some(line),
+                Ok(_) => {}
                 Err(e) => {
                     return (
                         good,
@@ -102,10 +95,16 @@ pub fn native(node: Arc<str>, body: Body, meter: Meter) -> Lines {
                         if let Some(end) = s.partial.iter().rposition(|&b| b == b'\n') {
                             let lines = s.partial.split_to(end + 1).freeze();
                             let (good, done, bad) = check_lines(&lines);
-                            s.done |= done;
-                            if s.meter.is_active() {
-                                if let Some(tokens) = native_tokens(&lines[..good]) {
-                                    s.meter.tokens(tokens);
+                            if let Some(line) = done {
+                                s.done = true;
+                                // The counters of the last line.
+                                if s.meter.is_active() {
+                                    let json = serde_json::from_slice(line).ok();
+                                    if let Some(tokens) =
+                                        json.as_ref().and_then(Tokens::from_ollama)
+                                    {
+                                        s.meter.tokens(tokens);
+                                    }
                                 }
                             }
                             let Some(why) = bad else {
@@ -136,7 +135,7 @@ pub fn native(node: Arc<str>, body: Body, meter: Meter) -> Lines {
                         }
                         match bad {
                             Some(why) => out.extend_from_slice(&s.failed(why)),
-                            None if !(s.done || done) => out.extend_from_slice(
+                            None if !s.done && done.is_none() => out.extend_from_slice(
                                 &s.failed("the node ended the stream without its done line".into()),
                             ),
                             None => {}
