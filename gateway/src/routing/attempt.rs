@@ -100,7 +100,10 @@ async fn attempt(
     match result {
         Ok(response) => {
             let response = if !request.stream && response.status().is_success() {
-                read_whole(&node, response, max_answer_bytes).await?
+                let reading = Instant::now();
+                let whole = read_whole(&node, response, max_answer_bytes).await;
+                request.meter.node_time(reading.elapsed());
+                whole?
             } else {
                 response
             };

@@ -320,11 +320,19 @@ impl Meter {
     /// The answer is ready to go to the client; `body_wait` is time spent reading the
     /// node's body after its first byte (a whole answer), which is node time.
     pub fn ready(&self, body_wait: Duration) {
+        self.node_time(body_wait);
+        if let Some(observation) = &self.0 {
+            observation.lock().ready = Some(Instant::now());
+        }
+    }
+
+    /// `waited` more was spent waiting on a node (reading its whole answer), not in
+    /// meshgate.
+    pub fn node_time(&self, waited: Duration) {
         let Some(observation) = &self.0 else { return };
         observation
             .node_wait
-            .fetch_add(body_wait.as_nanos() as u64, Ordering::Relaxed);
-        observation.lock().ready = Some(Instant::now());
+            .fetch_add(waited.as_nanos() as u64, Ordering::Relaxed);
     }
 
     /// [`Meter::failed`], handing the error on.
