@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine;
@@ -33,17 +33,17 @@ fn browser_available() -> bool {
     false
 }
 
-/// chromedriver on a free port, killed on drop.
+/// chromedriver on a free port, killed on drop with the Chromium it started (also when
+/// the test fails before the session is deleted).
 struct Driver {
-    child: Child,
+    child: Option<bin::Running>,
     url: String,
     profile: std::path::PathBuf,
 }
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        drop(self.child.take());
         let _ = std::fs::remove_dir_all(&self.profile);
     }
 }
@@ -55,16 +55,18 @@ impl Driver {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver starts");
+        let child = bin::Running(
+            Command::new(CHROMEDRIVER)
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("chromedriver starts"),
+        );
         let profile =
             std::env::temp_dir().join(format!("meshgate-status-chromium-{}", std::process::id()));
         let driver = Self {
-            child,
+            child: Some(child),
             url: format!("http://127.0.0.1:{port}"),
             profile,
         };
