@@ -112,6 +112,46 @@ async fn a_whole_answer_cut_short_goes_to_another_node_or_is_a_502_never_truncat
 }
 
 #[tokio::test]
+async fn a_node_answering_broken_json_is_failed_over_and_counted_against_it() {
+    // A whole answer that ends cleanly but is not JSON: another node answers, and the
+    // broken node fails like one that cuts its answers (its breaker opens, its attempts
+    // are booked as failed, not "ok").
+    let a = sim("a", &["llama3.2"]).await;
+    let b = sim("b", &["llama3.2"]).await;
+    let gw = gateway(tiered(&[("a", &a, 1), ("b", &b, 2)])).await;
+    a.set_faults(Faults {
+        garble_after: Some(0),
+        ..Faults::default()
+    });
+    for _ in 0..5 {
+        let reply = post(
+            &gw.url("/v1/chat/completions"),
+            chat_body("llama3.2", false),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(served_by(&reply), "b");
+        assert_eq!(reply.json()["choices"][0]["finish_reason"], "stop");
+    }
+    let nodes = gw.nodes.list();
+    let broken = nodes.iter().find(|n| &*n.name == "a").unwrap();
+    assert!(
+        broken.breaker_opens() >= 1,
+        "3 broken answers in a row open the breaker (then a is skipped)"
+    );
+    let metrics = String::from_utf8(get(&gw.url("/metrics")).await.body.to_vec()).unwrap();
+    let attempts = |outcome: &str| {
+        let series = format!("meshgate_node_attempts_total{{node=\"a\",outcome=\"{outcome}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .map_or(0, |v| v.trim().parse::<u64>().unwrap())
+    };
+    assert_eq!(attempts("ok"), 0, "{metrics}");
+    assert!(attempts("first byte") >= 3, "{metrics}");
+}
+
+#[tokio::test]
 async fn a_node_that_never_answers_times_out_at_first_byte() {
     let a = sim("a", &["llama3.2"]).await;
     let mut config = probe_once(config_for(&[("a", a.url())]));

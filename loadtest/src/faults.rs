@@ -33,7 +33,8 @@ pub struct Faults {
     pub context_tokens: Option<u32>,
     /// Reset every new TCP connection (RST, before reading a byte).
     pub reset: bool,
-    /// Streaming: replace chunk number N (from 0) with one that is not valid JSON.
+    /// Replace stream chunk number N (from 0), or a whole answer (any N), with one that
+    /// is not valid JSON.
     pub garble_after: Option<u32>,
     /// End the answer cleanly but early: a stream after N chunks (no terminator), a
     /// whole answer after half its bytes (its length header says so).

@@ -402,6 +402,9 @@ impl Call {
         let (status, content_type, body) = match reply {
             Ok(Reply::Json(data)) => {
                 let body = match (drop_after, self.ctx.end_after) {
+                    _ if self.ctx.garble_after.is_some() => {
+                        SimBody::full(Bytes::from_static(b"{\"garbled"), self.in_flight)
+                    }
                     (Some(_), _) => SimBody::truncated(data, self.in_flight),
                     (None, Some(_)) => SimBody::full(data.slice(..data.len() / 2), self.in_flight),
                     (None, None) => SimBody::full(data, self.in_flight),

@@ -61,7 +61,9 @@ impl InFlight {
     /// ends. A 5xx is a failure of the model on this node (its breaker, not the node's);
     /// 2xx and 4xx prove both work (a bad request is the client's fault); a 429, or a
     /// 503 that says when to come back (`retry_after`), is the node asking for a pause,
-    /// which it gets: no failure, no request until then.
+    /// which it gets: no failure, no request until then. A 2xx answer that the caller
+    /// reads `whole` proves nothing yet: the caller judges it once read
+    /// ([`Node::record_success`] or [`Node::record_failure`]; a cut one the body books).
     pub fn answered(
         self,
         status: http::StatusCode,
@@ -69,6 +71,7 @@ impl InFlight {
         ttft: Duration,
         first: Option<Frame<Bytes>>,
         body: meshgate_transports::Body,
+        whole: bool,
     ) -> NodeBody {
         self.node.record_ttft(ttft);
         let pause = match status.as_u16() {
@@ -81,6 +84,7 @@ impl InFlight {
             None if status.is_server_error() => self
                 .node
                 .record_model_failure(&self.model, format!("answered {status}")),
+            None if whole && status.is_success() => {}
             None => self.node.record_success(&self.model),
         }
         NodeBody::new(first, body, self)

@@ -580,7 +580,10 @@ impl Node {
         self.waiting.load(Ordering::Relaxed)
     }
 
-    fn record_failure(&self, reason: String) {
+    /// A failure of this node: its breaker and recent errors learn it. Transport and
+    /// body failures arrive here through the request's `InFlight`; an answer that came
+    /// whole but broken (not JSON) is reported by the attempt that read it.
+    pub(crate) fn record_failure(&self, reason: String) {
         self.remember_error(&reason);
         lock(&self.breaker).on_failure(Instant::now(), reason);
     }
@@ -603,7 +606,8 @@ impl Node {
         }
     }
 
-    fn record_success(&self, model: &str) {
+    /// A request on `model` worked: both breakers close.
+    pub(crate) fn record_success(&self, model: &str) {
         lock(&self.breaker).on_success();
         if let Some(b) = lock(&self.model_breakers).get_mut(model) {
             b.on_success();

@@ -70,72 +70,97 @@ async fn attempt(
     if let Some(cx) = &span {
         spans::inject(cx, node_request.headers_mut());
     }
+    let (target, leased) = (Arc::clone(&lease.node), Arc::clone(&lease.model));
+    let whole = !request.stream;
     let sent = Instant::now();
-    let result = send(lease, node_request).await;
+    let answered = send(lease, node_request, whole).await;
     let waited = sent.elapsed();
-    book(&request.meter, &node, number, waited, &result);
-    if let Some(cx) = &span {
-        let span = cx.span();
+    let finish = |status, outcome| {
+        record(
+            &request.meter,
+            span.as_ref(),
+            &node,
+            number,
+            waited,
+            status,
+            outcome,
+        )
+    };
+    let response = match answered {
+        Ok(response) => response,
+        Err(source) => {
+            finish(None, AttemptOutcome::Failed(&source));
+            return Err(GatewayError::Upstream {
+                node: node.to_string(),
+                source,
+            });
+        }
+    };
+    let status = response.status();
+    // A whole answer is read here, so the attempt is recorded with how it really ended.
+    let result = if whole && status.is_success() {
+        let reading = Instant::now();
+        let read = read_whole(&target, &leased, response, max_answer_bytes).await;
+        request.meter.node_time(reading.elapsed());
+        read
+    } else {
+        Ok(response)
+    };
+    finish(
+        Some(status),
         match &result {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                span.set_attribute(KeyValue::new(
-                    "http.response.status_code",
-                    i64::from(status),
-                ));
-                span.set_attribute(KeyValue::new(
-                    "meshgate.time_to_first_token_ms",
-                    waited.as_secs_f64() * 1e3,
-                ));
-                if response.status().is_server_error() {
-                    spans::fail(&span, spans::status_error(status));
-                } else {
-                    spans::ok(&span);
-                }
-            }
-            Err(e) => spans::fail(&span, e.kind().as_str()),
-        }
-        span.end();
-    }
-    match result {
-        Ok(response) => {
-            let response = if !request.stream && response.status().is_success() {
-                let reading = Instant::now();
-                let whole = read_whole(&node, response, max_answer_bytes).await;
-                request.meter.node_time(reading.elapsed());
-                whole?
-            } else {
-                response
-            };
-            let (response, context_overflow) = check_context(response).await;
-            Ok(Routed {
-                node,
-                model,
-                context_overflow,
-                dialect,
-                response,
-                meter: Meter::default(),
-            })
-        }
-        Err(source) => Err(GatewayError::Upstream {
-            node: node.to_string(),
-            source,
-        }),
-    }
+            Err(GatewayError::Upstream { source, .. }) => AttemptOutcome::Failed(source),
+            // Also an answer over `max_response_bytes`: meshgate's refusal, not the node's failure.
+            _ => AttemptOutcome::Answered(status),
+        },
+    );
+    let response = result?;
+    let (response, context_overflow) = check_context(response).await;
+    Ok(Routed {
+        node,
+        model,
+        context_overflow,
+        dialect,
+        response,
+        meter: Meter::default(),
+    })
 }
 
-fn book(
+/// The attempt's metrics and span learn how it ended; `status` is the node's, when it
+/// answered at all.
+fn record(
     meter: &Meter,
+    span: Option<&opentelemetry::Context>,
     node: &Arc<str>,
     number: u32,
     waited: std::time::Duration,
-    result: &Result<meshgate_transports::Response, TransportError>,
+    status: Option<http::StatusCode>,
+    outcome: AttemptOutcome<'_>,
 ) {
-    let outcome = match result {
-        Ok(response) => AttemptOutcome::Answered(response.status()),
-        Err(e) => AttemptOutcome::Failed(e),
-    };
     meter.attempt(node, number, waited, outcome);
+    let Some(cx) = span else { return };
+    let span = cx.span();
+    if let Some(status) = status {
+        span.set_attribute(KeyValue::new(
+            "http.response.status_code",
+            i64::from(status.as_u16()),
+        ));
+    }
+    match outcome {
+        AttemptOutcome::Failed(e) => spans::fail(&span, e.kind().as_str()),
+        AttemptOutcome::Answered(status) => {
+            span.set_attribute(KeyValue::new(
+                "meshgate.time_to_first_token_ms",
+                waited.as_secs_f64() * 1e3,
+            ));
+            if status.is_server_error() {
+                spans::fail(&span, spans::status_error(status.as_u16()));
+            } else {
+                spans::ok(&span);
+            }
+        }
+    }
+    span.end();
 }
 
 /// The HTTP request for `node`, and the API it is asked in. Rendered per attempt: an
@@ -189,6 +214,7 @@ fn to_node(
 async fn send(
     lease: Lease,
     request: meshgate_transports::Request,
+    whole: bool,
 ) -> Result<meshgate_transports::Response, TransportError> {
     let in_flight = lease.begin();
     let node = Arc::clone(in_flight.node());
@@ -217,39 +243,56 @@ async fn send(
         Err(_) => return Err(in_flight.failed(timed_out())),
     };
     let retry_after = retry_after(&parts.headers);
-    let body = in_flight.answered(parts.status, retry_after, started.elapsed(), first, body);
+    let body = in_flight.answered(
+        parts.status,
+        retry_after,
+        started.elapsed(),
+        first,
+        body,
+        whole,
+    );
     Ok(http::Response::from_parts(parts, body.boxed_unsync()))
 }
 
-/// A whole answer, read before anything reaches the client. Cut short or not JSON, it
-/// fails in the first-byte phase: nothing was relayed, so another node may answer.
+/// A whole answer, read before anything reaches the client, and the node's verdict on
+/// `model` (deferred by `InFlight::answered` until now). Cut short or not JSON, it fails
+/// in the first-byte phase: nothing was relayed, so another node may answer.
 async fn read_whole(
-    node: &str,
+    node: &Node,
+    model: &str,
     response: meshgate_transports::Response,
     limit: usize,
 ) -> Result<meshgate_transports::Response, GatewayError> {
     let (parts, body) = response.into_parts();
-    // Cut short: nothing was relayed yet, so it is still before the first byte.
-    let bytes = match read_answer(node, body, limit).await {
+    let bytes = match read_answer(&node.name, body, limit).await {
         Ok(bytes) => bytes,
+        // Cut short: the node's body already counted it against the node.
         Err(GatewayError::Upstream { node, source }) => {
             return Err(GatewayError::Upstream {
                 node,
                 source: source.in_phase(Phase::FirstByte),
             });
         }
-        Err(e) => return Err(e),
+        // Over `max_response_bytes`: the node worked; meshgate will not relay it.
+        Err(e) => {
+            node.record_success(model);
+            return Err(e);
+        }
     };
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+        let source = TransportError::new(
+            Phase::FirstByte,
+            Kind::Protocol,
+            format!("the answer is not valid JSON (cut short?): {e}"),
+        );
+        // A node that keeps answering garbage is as broken as one that keeps cutting.
+        node.record_failure(source.to_string());
         return Err(GatewayError::Upstream {
-            node: node.to_owned(),
-            source: TransportError::new(
-                Phase::FirstByte,
-                Kind::Protocol,
-                format!("the answer is not valid JSON (cut short?): {e}"),
-            ),
+            node: node.name.to_string(),
+            source,
         });
     }
+    node.record_success(model);
     Ok(http::Response::from_parts(
         parts,
         meshgate_transports::full_body(bytes),

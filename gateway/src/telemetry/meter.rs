@@ -206,6 +206,7 @@ impl std::fmt::Debug for Meter {
 }
 
 /// How one attempt on a node went, as [`Meter::attempt`] books it.
+#[derive(Clone, Copy)]
 pub enum AttemptOutcome<'a> {
     /// The node answered with this status; its first body byte came after `waited`.
     Answered(StatusCode),
