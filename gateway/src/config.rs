@@ -500,7 +500,7 @@ pub struct NodeConfig {
     pub models: Option<Vec<String>>,
     /// Environment variable holding the model server's own API key (vLLM/llama.cpp `--api-key`).
     pub api_key_env: Option<String>,
-    /// Overrides of [timeouts] for this node.
+    /// Overrides of `[timeouts]` for this node.
     #[serde(default)]
     pub timeouts: TimeoutOverrides,
     /// SSH nodes: overrides of the ssh config for this node.

@@ -247,7 +247,7 @@ impl Metrics {
         })
     }
 
-    /// The label value for a model: shared once seen, `other` past [`MAX_MODELS`].
+    /// The label value for a model: shared once seen, `other` past `MAX_MODELS`.
     pub fn model(&self, model: &str) -> Name {
         if let Some(name) = self
             .models

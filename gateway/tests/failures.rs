@@ -75,6 +75,28 @@ async fn a_stream_cut_mid_way_ends_with_an_in_band_error_and_no_done() {
 }
 
 #[tokio::test]
+async fn a_node_cutting_every_stream_opens_its_breaker() {
+    // Each stream starts well (200, first tokens) and is cut: the node must not be
+    // judged by its heads, or it stays first in line however many streams it breaks.
+    let a = sim("a", &["llama3.2"]).await;
+    let b = sim("b", &["llama3.2"]).await;
+    let gw = gateway(tiered(&[("a", &a, 1), ("b", &b, 2)])).await;
+    a.set_faults(Faults {
+        drop_after: Some(2),
+        ..Faults::default()
+    });
+    for _ in 0..3 {
+        let stream =
+            EventStream::open(&gw.url("/v1/chat/completions"), chat_body("llama3.2", true)).await;
+        assert_eq!(stream.headers["x-meshgate-node"], "a");
+        stream.collect().await;
+    }
+    let nodes = gw.nodes.list();
+    let cutting = nodes.iter().find(|n| &*n.name == "a").unwrap();
+    assert!(cutting.breaker_opens() >= 1, "3 cut streams in a row");
+}
+
+#[tokio::test]
 async fn a_whole_answer_cut_short_goes_to_another_node_or_is_a_502_never_truncated_json() {
     // Cut mid-body, or ended cleanly but early (its length header says so): nothing
     // reached the client yet, so another node answers.

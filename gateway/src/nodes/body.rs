@@ -61,9 +61,14 @@ impl InFlight {
     /// ends. A 5xx is a failure of the model on this node (its breaker, not the node's);
     /// 2xx and 4xx prove both work (a bad request is the client's fault); a 429, or a
     /// 503 that says when to come back (`retry_after`), is the node asking for a pause,
-    /// which it gets: no failure, no request until then. A 2xx answer that the caller
-    /// reads `whole` proves nothing yet: the caller judges it once read
-    /// ([`Node::record_success`] or [`Node::record_failure`]; a cut one the body books).
+    /// which it gets: no failure, no request until then.
+    ///
+    /// A 2xx head proves nothing yet: an answer cut or broken after it is a failure, and
+    /// a success booked at the head would reset the count each time, so a node cutting
+    /// every answer would never be left alone. A stream proves the node when it ends
+    /// cleanly (or the client leaves it while it flows); an answer the caller reads
+    /// `whole`, when the caller has judged it (`Node::record_success` or
+    /// `Node::record_failure`; a cut one the body books either way).
     pub fn answered(
         self,
         status: http::StatusCode,
@@ -84,13 +89,21 @@ impl InFlight {
             None if status.is_server_error() => self
                 .node
                 .record_model_failure(&self.model, format!("answered {status}")),
-            None if whole && status.is_success() => {}
+            None if status.is_success() => {}
             None => self.node.record_success(&self.model),
         }
-        NodeBody::new(first, body, self)
+        let succeed_at_end = status.is_success() && !whole;
+        NodeBody::new(first, body, self, succeed_at_end)
     }
 
-    fn settle(&mut self) {
+    /// The answer ended; a clean end of one that proves the node (`succeeded`) closes its
+    /// breakers, a failure counts against it.
+    fn settle(&mut self, succeeded: bool, failure: Option<&TransportError>) {
+        match failure {
+            Some(e) => self.node.record_failure(e.to_string()),
+            None if succeeded => self.node.record_success(&self.model),
+            None => {}
+        }
         self.settled = true;
     }
 }
@@ -113,6 +126,8 @@ pub struct NodeBody {
     first: Option<Frame<Bytes>>,
     inner: meshgate_transports::Body,
     in_flight: Option<InFlight>,
+    /// A clean end proves the node (a 2xx stream).
+    succeed_at_end: bool,
     /// Fires at the earlier of the idle and total deadlines. Made the first time the
     /// node keeps us waiting: a short answer that is already here never needs one.
     timer: Option<Pin<Box<Sleep>>>,
@@ -128,17 +143,19 @@ impl NodeBody {
         first: Option<Frame<Bytes>>,
         inner: meshgate_transports::Body,
         mut in_flight: InFlight,
+        succeed_at_end: bool,
     ) -> Self {
         let Timeouts { idle, total, .. } = in_flight.node.timeouts;
         let total_deadline = Instant::now() + total;
         let ended = first.is_none() && inner.is_end_stream();
         if ended {
-            in_flight.settle();
+            in_flight.settle(succeed_at_end, None);
         }
         Self {
             first,
             inner,
             in_flight: (!ended).then_some(in_flight),
+            succeed_at_end,
             timer: None,
             last_data: Instant::now(),
             idle,
@@ -154,10 +171,16 @@ impl NodeBody {
 
     fn finish(&mut self, failure: Option<&TransportError>) {
         if let Some(mut in_flight) = self.in_flight.take() {
-            if let Some(e) = failure {
-                in_flight.node.record_failure(e.to_string());
-            }
-            in_flight.settle();
+            in_flight.settle(self.succeed_at_end, failure);
+        }
+    }
+}
+
+impl Drop for NodeBody {
+    fn drop(&mut self) {
+        // The client left a stream that was still flowing: the node did nothing wrong.
+        if self.succeed_at_end {
+            self.finish(None);
         }
     }
 }

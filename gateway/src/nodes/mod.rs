@@ -162,7 +162,7 @@ impl NodeSpec {
 
 /// Failures kept per node for the status page.
 const RECENT_ERRORS: usize = 8;
-/// The status page's charts: one sample per [`HISTORY_EVERY`], [`HISTORY_LEN`] of them.
+/// The status page's charts: one sample per [`HISTORY_EVERY`], `HISTORY_LEN` of them.
 pub const HISTORY_EVERY: Duration = Duration::from_secs(5);
 const HISTORY_LEN: usize = 120;
 
