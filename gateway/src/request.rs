@@ -91,6 +91,15 @@ impl Inbound {
     }
 }
 
+/// A JSON value as a part of a conversation key: a string as it is, anything else
+/// (content blocks, whole items) as its JSON text.
+pub fn key_text(value: &serde_json::Value) -> std::borrow::Cow<'_, str> {
+    match value {
+        serde_json::Value::String(text) => text.as_str().into(),
+        other => other.to_string().into(),
+    }
+}
+
 /// A stable hash (the same in every process and release: SipHash with fixed keys) of
 /// the parts, each length-delimited.
 fn conversation_key<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {

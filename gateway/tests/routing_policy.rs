@@ -489,3 +489,118 @@ async fn a_busy_node_sheds_its_conversations_and_affinity_can_be_turned_off() {
     }
     assert!(served.len() > 1, "{served:?}");
 }
+
+/// Who served each turn of `conversations` conversations, `turns` turns each, asked by
+/// `ask(conversation, turn, previous answer)`; asserts each stayed on one node from
+/// turn `from` on, and that the conversations did not all land on one node.
+async fn homes<F, Fut>(conversations: usize, turns: usize, from: usize, mut ask: F)
+where
+    F: FnMut(usize, usize, Option<serde_json::Value>) -> Fut,
+    Fut: std::future::Future<Output = (String, serde_json::Value)>,
+{
+    let mut homes = std::collections::HashSet::new();
+    for c in 0..conversations {
+        let mut served = std::collections::HashSet::new();
+        let mut previous = None;
+        for t in 0..turns {
+            let (node, answer) = ask(c, t, previous.take()).await;
+            if t >= from {
+                served.insert(node);
+            }
+            previous = Some(answer);
+        }
+        assert_eq!(served.len(), 1, "conversation {c} moved: {served:?}");
+        homes.extend(served);
+    }
+    assert!(homes.len() > 1, "every conversation on one node: {homes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_api_keeps_a_conversation_on_its_node() {
+    use serde_json::{Value, json};
+    let sims = three_cached(["a", "b", "c"], Duration::ZERO).await;
+    let gw = gateway(nodes(&[("a", &sims[0]), ("b", &sims[1]), ("c", &sims[2])])).await;
+    let answered = |reply: Reply| {
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        (served_by(&reply).to_owned(), reply.json())
+    };
+
+    // Anthropic Messages: the system prompt and the first message (Claude Code, agents).
+    let url = gw.url("/v1/messages");
+    homes(20, 3, 0, |c, t, _| {
+        let mut messages = vec![json!({"role": "user", "content": format!("Conversation {c}.")})];
+        for i in 0..t {
+            messages.push(json!({"role": "assistant", "content": [{"type": "text", "text": format!("answer {i}")}]}));
+            messages.push(json!({"role": "user", "content": format!("follow-up {i}")}));
+        }
+        let body = json!({"model": "llama3.2", "max_tokens": 16,
+            "system": [{"type": "text", "text": "You are a coding agent."}], "messages": messages});
+        let url = url.clone();
+        async move { answered(post(&url, body.to_string()).await) }
+    })
+    .await;
+
+    // Responses, the client sending the whole history with its instructions.
+    let url = gw.url("/v1/responses");
+    homes(20, 3, 0, |c, t, _| {
+        let mut input = vec![json!({"role": "user", "content": format!("Conversation {c}.")})];
+        for i in 0..t {
+            input.push(json!({"role": "assistant", "content": format!("answer {i}")}));
+            input.push(json!({"role": "user", "content": format!("follow-up {i}")}));
+        }
+        let body = json!({"model": "llama3.2", "instructions": "Be brief.", "input": input});
+        let url = url.clone();
+        async move { answered(post(&url, body.to_string()).await) }
+    })
+    .await;
+
+    // Responses chained by previous_response_id: the first turn alone is not a
+    // conversation yet (it goes by load); from the second on, it is.
+    homes(20, 4, 1, |c, t, previous: Option<Value>| {
+        let mut body =
+            json!({"model": "llama3.2", "input": format!("Conversation {c}, turn {t}.")});
+        if let Some(previous) = previous {
+            body["previous_response_id"] = previous["id"].clone();
+        }
+        let url = url.clone();
+        async move { answered(post(&url, body.to_string()).await) }
+    })
+    .await;
+
+    // gRPC chat, as on REST.
+    homes(20, 3, 0, |c, t, _| {
+        use meshgate_proto::v1::ChatMessage;
+        use meshgate_proto::v1::chat_message::Content;
+        let message = |role: &str, text: String| ChatMessage {
+            role: role.into(),
+            content: Some(Content::Text(text)),
+            ..Default::default()
+        };
+        let mut request = grpc::chat("llama3.2");
+        request.messages = vec![
+            message("system", "You are a helper.".into()),
+            message("user", format!("Conversation {c}.")),
+        ];
+        for i in 0..t {
+            request
+                .messages
+                .push(message("assistant", format!("answer {i}")));
+            request
+                .messages
+                .push(message("user", format!("follow-up {i}")));
+        }
+        let mut client = grpc::inference(gw.addr);
+        async move {
+            let reply = client.chat_completion(request).await.unwrap();
+            let node = reply
+                .metadata()
+                .get("x-meshgate-node")
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_owned();
+            (node, Value::Null)
+        }
+    })
+    .await;
+}

@@ -27,7 +27,7 @@ use crate::fronts::body::Checked;
 use crate::fronts::events::{Event, events};
 use crate::fronts::native::{self, Watch};
 use crate::fronts::{self, answer};
-use crate::request::{Dialect, GatewayRequest, Inbound, Operation};
+use crate::request::{Dialect, GatewayRequest, Inbound, Operation, key_text};
 use crate::state::AppState;
 use crate::telemetry::meter::{Meter, Tokens};
 use crate::translate::anthropic::{self as translate, Translator};
@@ -69,6 +69,15 @@ async fn create(
         }
         .into());
     }
+    // Its conversation, for prompt-cache affinity: the client's `metadata.user_id` (Claude
+    // Code puts its session there), else how it began (the system prompt and the first
+    // message, or the first two messages).
+    let explicit = json["metadata"]["user_id"].as_str();
+    let beginning = value
+        .system
+        .iter()
+        .chain(value.messages.iter().map(|m| &m.content));
+    let inbound = inbound.with_conversation(explicit, beginning.map(key_text));
     let stream = value.stream.unwrap_or(false);
     let model = value.model.clone();
     let request = GatewayRequest::new(Operation::Messages, value.model, stream, raw, inbound)?;

@@ -35,8 +35,9 @@ impl GrpcFront {
         Self { app }
     }
 
-    /// Validate `json` as the OpenAI request type `T`, then route it.
-    async fn route<T: DeserializeOwned>(
+    /// Validate `json` as the OpenAI request type `T`, then route it (a chat with its
+    /// conversation, as on REST).
+    async fn route<T: DeserializeOwned + Conversation>(
         &self,
         inbound: Inbound,
         operation: Operation,
@@ -46,7 +47,9 @@ impl GrpcFront {
         let body = serde_json::to_vec(&json).map_err(|e| {
             GatewayError::Internal(format!("encoding the request: {e}")).to_status()
         })?;
-        parse::<T>(&body).map_err(|e| e.to_status())?;
+        let inbound = parse::<T>(&body)
+            .map_err(|e| e.to_status())?
+            .conversation(inbound);
         let model = json
             .get("model")
             .and_then(Value::as_str)
@@ -128,6 +131,21 @@ impl GrpcFront {
         ))
     }
 }
+
+/// What a request tells of its conversation, for prompt-cache affinity: only chats do.
+trait Conversation {
+    fn conversation(&self, inbound: Inbound) -> Inbound {
+        inbound
+    }
+}
+
+impl Conversation for openai::ChatCompletionRequest {
+    fn conversation(&self, inbound: Inbound) -> Inbound {
+        crate::fronts::openai::chat_conversation(inbound, self)
+    }
+}
+impl Conversation for openai::CompletionRequest {}
+impl Conversation for openai::EmbeddingRequest {}
 
 /// Book a failure after routing on the request's meter; the client gets its status.
 fn failed(meter: &Meter, error: GatewayError) -> Status {

@@ -21,12 +21,9 @@ use crate::fronts::continuation;
 use crate::request::{GatewayRequest, Inbound, Operation};
 use crate::state::AppState;
 
-pub async fn chat_completions(
-    State(app): State<AppState>,
-    inbound: Inbound,
-    Checked { value, raw }: Checked<ChatCompletionRequest>,
-) -> Result<Response, GatewayError> {
-    let stream = value.stream.unwrap_or(false);
+/// A chat's conversation, for prompt-cache affinity (REST and gRPC alike): the client's
+/// `prompt_cache_key` or `user`, else its first two messages.
+pub fn chat_conversation(inbound: Inbound, value: &ChatCompletionRequest) -> Inbound {
     let explicit = value.prompt_cache_key.as_deref().or(value.user.as_deref());
     // Borrowed where it can be: a system prompt can be long, and this is every request.
     let prefix = value.messages.iter().take(2).map(|m| match &m.content {
@@ -34,7 +31,16 @@ pub async fn chat_completions(
         Some(parts) => Cow::Owned(parts.text()),
         None => Cow::Borrowed(""),
     });
-    let inbound = inbound.with_conversation(explicit, prefix);
+    inbound.with_conversation(explicit, prefix)
+}
+
+pub async fn chat_completions(
+    State(app): State<AppState>,
+    inbound: Inbound,
+    Checked { value, raw }: Checked<ChatCompletionRequest>,
+) -> Result<Response, GatewayError> {
+    let stream = value.stream.unwrap_or(false);
+    let inbound = chat_conversation(inbound, &value);
     let no_continue = inbound.no_continue;
     let request = GatewayRequest::new(
         Operation::ChatCompletions,

@@ -7,7 +7,7 @@ pub mod relay;
 use axum::Router;
 use axum::routing::{get, post};
 
-pub use handlers::{method_not_allowed, unknown_route};
+pub use handlers::{chat_conversation, method_not_allowed, unknown_route};
 
 use crate::state::AppState;
 

@@ -6,6 +6,7 @@
 //! does not (`translate::responses`), and the answer comes back in the Responses shape
 //! either way, kept in the store for the key that asked. Errors are OpenAI's envelope.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +26,7 @@ use crate::fronts::events::{Event, events};
 use crate::fronts::native::{self, Pending, Watch};
 use crate::fronts::{self, answer};
 use crate::keys::Caller;
-use crate::request::{Dialect, GatewayRequest, Inbound, Operation};
+use crate::request::{Dialect, GatewayRequest, Inbound, Operation, key_text};
 use crate::response_store::{ResponseStore, Stored};
 use crate::state::AppState;
 use crate::telemetry::meter::{Meter, Tokens};
@@ -106,6 +107,16 @@ async fn create(
         owner,
         input: Arc::new(items.clone()),
     });
+    // Its conversation, for prompt-cache affinity: the client's key, else how it began
+    // (the instructions and the first item, or the first two items).
+    let explicit = ["prompt_cache_key", "user"]
+        .into_iter()
+        .find_map(|key| request.get(key).and_then(Value::as_str));
+    let beginning = value.instructions.as_deref().map(Cow::Borrowed);
+    let inbound = inbound.with_conversation(
+        explicit,
+        beginning.into_iter().chain(items.iter().map(key_text)),
+    );
     // The node sees the whole conversation and keeps nothing: meshgate holds it.
     let object = request.as_object_mut().expect("checked: an object");
     let echo = Value::Object(object.clone());
