@@ -50,14 +50,15 @@ fn reachable_nodes(n: usize) -> Arc<Nodes> {
     };
     let nodes = Arc::new(Nodes::from_config(&config).expect("config"));
     for node in nodes.list().iter() {
-        node.record_probe(&Probe {
+        let probe = Probe {
             result: Ok(Found {
                 models: vec!["llama3.2".into()],
                 loaded: None,
             }),
             rtt: Duration::from_millis(1),
             ollama: false,
-        });
+        };
+        node.record_probe(&probe, || {});
     }
     nodes.reindex();
     nodes

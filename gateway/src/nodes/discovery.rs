@@ -132,10 +132,9 @@ pub(super) fn spawn(
             ticker.tick().await;
             let probe = probe(&node, timeout).await;
             let was_reachable = node.state().reachability == Reachability::Up;
-            if node.record_probe(&probe) {
-                let Some(nodes) = nodes.upgrade() else { return };
-                nodes.reindex();
-            }
+            let Some(all) = nodes.upgrade() else { return };
+            node.record_probe(&probe, || all.reindex());
+            drop(all);
             match (&probe.result, was_reachable) {
                 (Ok(found), false) => tracing::info!(
                     node = %node.name,

@@ -641,14 +641,29 @@ impl Node {
         lock(&self.ttft).sample(ttft, Instant::now());
     }
 
-    /// Record a discovery probe's outcome. Returns whether the node's model list changed.
-    pub fn record_probe(&self, probe: &Probe) -> bool {
+    /// Record a discovery probe's outcome. When the node's model list changed, `reindex`
+    /// runs before the node is marked up: a node never looks online while the models it
+    /// just reported cannot be routed to it yet.
+    pub fn record_probe(&self, probe: &Probe, reindex: impl FnOnce()) {
+        if self.record_models(probe) {
+            reindex();
+        }
+        if probe.result.is_ok() {
+            lock(&self.breaker).on_probe_ok(Instant::now());
+            self.state
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .reachability = Reachability::Up;
+        }
+    }
+
+    /// A probe's findings, all but the node being up. Returns whether the model list
+    /// changed.
+    fn record_models(&self, probe: &Probe) -> bool {
         let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
         s.last_probe = Some(Instant::now());
         match &probe.result {
             Ok(found) => {
-                lock(&self.breaker).on_probe_ok(Instant::now());
-                s.reachability = Reachability::Up;
                 s.rtt = Some(probe.rtt);
                 s.speaks_ollama = probe.ollama;
                 s.loaded = found.loaded.clone().map(Into::into);
@@ -767,7 +782,8 @@ fn ssh_transport(
 pub async fn probe_all(nodes: &[Arc<Node>], timeout: Duration) {
     let probes = nodes.iter().map(|node| async move {
         let probe = probe(node, timeout).await;
-        node.record_probe(&probe);
+        // Not routed to yet: the caller indexes them all when it puts them in.
+        node.record_probe(&probe, || {});
     });
     futures_util::future::join_all(probes).await;
 }

@@ -475,11 +475,12 @@ mod tests {
             } else {
                 Err("down".into())
             };
-            node.record_probe(&Probe {
+            let probe = Probe {
                 result,
                 rtt: Duration::ZERO,
                 ollama: false,
-            });
+            };
+            node.record_probe(&probe, || {});
         }
         nodes.reindex();
         nodes
