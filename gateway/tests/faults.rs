@@ -131,7 +131,20 @@ impl Mesh {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!("the nodes did not all come back within 15 s");
+        let health: Vec<_> = self
+            .gw
+            .nodes
+            .list()
+            .iter()
+            .map(|n| format!("{}: {:?}", n.name, n.health()))
+            .collect();
+        let tail = |log: String| log[log.len().saturating_sub(2000)..].to_owned();
+        panic!(
+            "the nodes did not all come back within 15 s: {health:?}\n\
+             fwd sshd log:\n{}\nexe sshd log:\n{}",
+            tail(self.fwd_sshd.log()),
+            tail(self.exe_sshd.log())
+        );
     }
 }
 

@@ -371,3 +371,76 @@ async fn agent_holds_the_key_of_an_encrypted_identity_file() {
     let session = Session::new(target, test_session_options());
     session.wait_connected().await.unwrap();
 }
+
+/// A server that hangs up when the client signs in with its key: a connection lost
+/// during authentication, as when sshd restarts or the link drops at that moment.
+struct HangsUpDuringAuth;
+
+impl russh::server::Handler for HangsUpDuringAuth {
+    type Error = russh::Error;
+
+    async fn auth_publickey(
+        &mut self,
+        _user: &str,
+        _key: russh::server::VerifiedPublicKey<'_>,
+    ) -> Result<russh::server::Auth, russh::Error> {
+        Err(russh::Error::Disconnect)
+    }
+}
+
+#[tokio::test]
+async fn a_connection_lost_during_authentication_is_retried_not_an_auth_failure() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    // The harness's sshd only lends its client config, key and host key.
+    let sshd = TestSshd::start(SshdOptions::default()).await;
+    let host_key = russh::keys::load_secret_key(sshd.dir().join("host_ed25519"), None).unwrap();
+    let config = Arc::new(russh::server::Config {
+        keys: vec![host_key],
+        ..Default::default()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    let server = tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            counter.fetch_add(1, Ordering::SeqCst);
+            let config = Arc::clone(&config);
+            tokio::spawn(async move {
+                if let Ok(session) =
+                    russh::server::run_stream(config, stream, HangsUpDuringAuth).await
+                {
+                    let _ = session.await;
+                }
+            });
+        }
+    });
+
+    let options = ResolveOptions {
+        port: Some(port),
+        host_key_policy: Some(HostKeyPolicy::AcceptAny),
+        ..sshd.resolve_options()
+    };
+    let session = Session::new(
+        SshTarget::resolve("node", &options).unwrap(),
+        test_session_options(),
+    );
+    let err = session.wait_connected().await.unwrap_err();
+    assert_eq!(
+        (err.phase(), err.kind()),
+        (meshgate_transports::Phase::Connect, Kind::Closed),
+        "not a refused key: {err}"
+    );
+    // Not fatal: the session tries again after its backoff (50 ms here).
+    for _ in 0..200 {
+        if accepted.load(Ordering::SeqCst) >= 3 {
+            server.abort();
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the session did not reconnect after a connection lost during authentication");
+}

@@ -123,6 +123,17 @@ pub(crate) async fn authenticate<H: Handler>(
         tried.push(format!("{} ({})", path.display(), fingerprint(&public)));
     }
 
+    // russh reports a connection that ended while a key was being tried as that key's
+    // refusal. A server that refuses keeps the connection open for the next method; one
+    // that went away (restarted, its link cut) refused nothing, and trying again may
+    // well succeed, so it must not read as an auth failure (which is never retried).
+    if handle.is_closed() {
+        return Err(AuthError::new(
+            Kind::Closed,
+            format!("{who}: the connection closed during authentication"),
+        ));
+    }
+
     let encrypted_note = || {
         encrypted
             .iter()
