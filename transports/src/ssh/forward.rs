@@ -4,7 +4,7 @@
 //! A hyper-util pooled client does the HTTP; its connector opens channels instead of
 //! sockets, so keep-alive connections are long-lived channels and a request does not
 //! pay a channel open each time. Responses stream frame by frame. The channels are
-//! [`ChannelIo`]s, so a connection that dies mid-response is a body error, never a
+//! `ChannelIo`s, so a connection that dies mid-response is a body error, never a
 //! clean end.
 
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! One SSH connection to a node, kept up in the background.
 //!
 //! [`Session::new`] returns at once and spawns a task that connects (the handshake in
-//! [`super::handshake`]: through ProxyJump hops if configured, host-key check,
+//! `super::handshake`: through ProxyJump hops if configured, host-key check,
 //! authentication, one warm-up exec, which makes OpenSSH < 10.1 turn on TCP_NODELAY:
 //! without it every later direct-tcpip channel pays ~44 ms of Nagle + delayed ACK),
 //! and then waits for the connection to drop and reconnects with jittered exponential
@@ -14,7 +14,7 @@
 //! sized to the server's `MaxSessions`, so request 11 waits instead of being refused.
 //!
 //! Each new connection is published with a fresh generation number and a
-//! [`LinkWatch`]; remote tunnels wait for the next generation ([`Session::next_link`])
+//! `LinkWatch`; remote tunnels wait for the next generation (`Session::next_link`)
 //! to ask the new connection for their listens again.
 
 use std::fmt;

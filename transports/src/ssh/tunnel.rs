@@ -7,9 +7,9 @@
 //!   connections wait for the reconnect up to the connect timeout, then are reset.
 //! - **Remote** ([`Direction::Remote`], `ssh -R`): the server listens (`tcpip-forward`)
 //!   and sends each connection back as a `forwarded-tcpip` channel, which the session's
-//!   handler routes here ([`super::remote_listens`]); we connect to `local` for it. The
+//!   handler routes here (`super::remote_listens`); we connect to `local` for it. The
 //!   listen is asked for again on every new connection of the session
-//!   ([`Session::next_link`]); a refusal is retried with the session's backoff.
+//!   (`Session::next_link`); a refusal is retried with the session's backoff.
 //!
 //! Every connection is copied both ways with half-close (a client's FIN reaches the
 //! far side while the answer still flows back). When the SSH connection dies under a

@@ -1,10 +1,10 @@
 //! The exec transport: for nodes where SSH port forwarding is off but commands run.
 //!
 //! Two ways to reach the model server on the node's `127.0.0.1:<port>`:
-//! - [`pipe`]: a long-lived bash per exec channel pipes bytes to the port, and hyper
+//! - `pipe`: a long-lived bash per exec channel pipes bytes to the port, and hyper
 //!   speaks keep-alive HTTP/1.1 through it, pooled like the forward transport's
 //!   channels. Used by default (`SessionOptions::exec_pipe`).
-//! - [`curl`]: one curl per request. The fallback where a pipe cannot start, found out
+//! - `curl`: one curl per request. The fallback where a pipe cannot start, found out
 //!   once per SSH connection and logged once.
 //!
 //! Requests are spread over the node's sessions (connections), to the one with the
