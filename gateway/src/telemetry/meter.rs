@@ -118,16 +118,6 @@ impl StreamTokens {
         }
     }
 
-    /// Every `data: ` line of `events` (one or more whole SSE events).
-    pub fn events(&mut self, events: &[u8]) {
-        for data in events
-            .split(|&b| b == b'\n')
-            .filter_map(|line| line.strip_prefix(b"data:"))
-        {
-            self.event(data.trim_ascii());
-        }
-    }
-
     /// The stream's tokens, as counted so far.
     pub fn total(&self) -> Tokens {
         self.reported.unwrap_or(Tokens {
@@ -484,15 +474,6 @@ mod tests {
         );
         assert_eq!(
             counted(&[role, text, usage]),
-            Tokens {
-                input: 7,
-                output: 3
-            }
-        );
-        let mut tokens = StreamTokens::default();
-        tokens.events(format!("data: {text}\n\ndata: {usage}\n\ndata: [DONE]\n\n").as_bytes());
-        assert_eq!(
-            tokens.total(),
             Tokens {
                 input: 7,
                 output: 3

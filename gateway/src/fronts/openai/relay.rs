@@ -111,8 +111,13 @@ impl<B> SseRelay<B> {
 }
 
 /// Checks whole events: each event's `data` is JSON or `[DONE]`. Returns the length of
-/// the good prefix and, if an event is bad, why; sets `terminated` on `[DONE]`.
-fn check_events(events: &[u8], terminated: &mut bool) -> (usize, Option<String>) {
+/// the good prefix and, if an event is bad, why; sets `terminated` on `[DONE]`. The good
+/// events' data lines are counted into `tokens`, when given, in the same walk.
+fn check_events(
+    events: &[u8],
+    terminated: &mut bool,
+    mut tokens: Option<&mut StreamTokens>,
+) -> (usize, Option<String>) {
     let mut start = 0;
     let mut pos = 0;
     let mut data: Vec<&[u8]> = Vec::new();
@@ -121,7 +126,7 @@ fn check_events(events: &[u8], terminated: &mut bool) -> (usize, Option<String>)
         let line = line.strip_suffix(b"\n").unwrap_or(line);
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
-            if let Err(why) = check_data(&data, terminated) {
+            if let Err(why) = check_data(&data, terminated, tokens.as_deref_mut()) {
                 return (start, Some(why));
             }
             data.clear();
@@ -130,29 +135,37 @@ fn check_events(events: &[u8], terminated: &mut bool) -> (usize, Option<String>)
             data.push(value.strip_prefix(b" ").unwrap_or(value));
         }
     }
-    match check_data(&data, terminated) {
+    match check_data(&data, terminated, tokens) {
         Ok(()) => (events.len(), None),
         Err(why) => (start, Some(why)),
     }
 }
 
-/// One event's `data` lines (joined with newlines, as SSE defines).
-fn check_data(data: &[&[u8]], terminated: &mut bool) -> Result<(), String> {
+/// One event's `data` lines (joined with newlines, as SSE defines); counted into
+/// `tokens` when good.
+fn check_data(
+    data: &[&[u8]],
+    terminated: &mut bool,
+    tokens: Option<&mut StreamTokens>,
+) -> Result<(), String> {
     let valid = |json: &[u8]| {
         serde_json::from_slice::<serde::de::IgnoredAny>(json)
             .map(drop)
             .map_err(|e| format!("the node sent an event that is not JSON: {e}"))
     };
     match data {
-        [] => Ok(()),
-        [one] if one.trim_ascii() == b"[DONE]" => {
-            *terminated = true;
-            Ok(())
-        }
-        _ if *terminated => Ok(()),
-        [one] => valid(one),
-        many => valid(&many.join(&b'\n')),
+        [] => {}
+        [one] if one.trim_ascii() == b"[DONE]" => *terminated = true,
+        _ if *terminated => {}
+        [one] => valid(one)?,
+        many => valid(&many.join(&b'\n'))?,
     }
+    if let Some(tokens) = tokens {
+        for line in data {
+            tokens.event(line.trim_ascii());
+        }
+    }
+    Ok(())
 }
 
 /// End of the last complete event in `buf` (just past its blank line), if any.
@@ -233,10 +246,8 @@ where
                 }
             }
         };
-        let (good, bad) = check_events(&events, this.terminated);
-        if this.meter.is_active() {
-            this.tokens.events(&events[..good]);
-        }
+        let tokens = this.meter.is_active().then_some(&mut *this.tokens);
+        let (good, bad) = check_events(&events, this.terminated, tokens);
         let Some(why) = bad else {
             return Poll::Ready(Some(Ok(Frame::data(events))));
         };
@@ -303,6 +314,32 @@ mod tests {
                 "data: {}\r\n\r\ndata: [DONE]\r\n\r\n"
             ]
         );
+    }
+
+    #[test]
+    fn good_events_are_counted_as_they_are_checked() {
+        let text = r#"{"choices":[{"delta":{"content":"Hi"}}]}"#;
+        let usage = r#"{"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3}}"#;
+        let mut tokens = StreamTokens::default();
+        let mut terminated = false;
+        let events = format!("data: {text}\r\n\r\ndata:{usage}\n\ndata: [DONE]\n\n");
+        let checked = check_events(events.as_bytes(), &mut terminated, Some(&mut tokens));
+        assert_eq!(checked, (events.len(), None));
+        assert!(terminated);
+        assert_eq!(
+            tokens.total(),
+            Tokens {
+                input: 7,
+                output: 3
+            }
+        );
+        // Text in an event that is not JSON, or after it, is not counted.
+        let mut tokens = StreamTokens::default();
+        let events = format!("data: {text}\n\ndata: {{\"bad\n\ndata: {text}\n\n");
+        let (good, bad) = check_events(events.as_bytes(), &mut false, Some(&mut tokens));
+        assert_eq!(good, format!("data: {text}\n\n").len());
+        assert!(bad.is_some());
+        assert_eq!(tokens.total().output, 1);
     }
 
     fn error_code(event: &str) -> serde_json::Value {
