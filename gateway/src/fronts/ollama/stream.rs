@@ -68,6 +68,18 @@ pub fn native(node: Arc<str>, body: Body, meter: Meter) -> Lines {
         meter: Meter,
     }
     impl State {
+        /// The node's `done: true` line came: the stream is whole, and the line carries
+        /// its counters.
+        fn done(&mut self, line: &[u8]) {
+            self.done = true;
+            if self.meter.is_active() {
+                let json = serde_json::from_slice(line).ok();
+                if let Some(tokens) = json.as_ref().and_then(Tokens::from_ollama) {
+                    self.meter.tokens(tokens);
+                }
+            }
+        }
+
         fn failed(&self, why: String) -> Bytes {
             let error = GatewayError::bad_node_answer(&self.node, why);
             tracing::warn!(error = %error, "stream failed after it started");
@@ -96,16 +108,7 @@ pub fn native(node: Arc<str>, body: Body, meter: Meter) -> Lines {
                             let lines = s.partial.split_to(end + 1).freeze();
                             let (good, done, bad) = check_lines(&lines);
                             if let Some(line) = done {
-                                s.done = true;
-                                // The counters of the last line.
-                                if s.meter.is_active() {
-                                    let json = serde_json::from_slice(line).ok();
-                                    if let Some(tokens) =
-                                        json.as_ref().and_then(Tokens::from_ollama)
-                                    {
-                                        s.meter.tokens(tokens);
-                                    }
-                                }
+                                s.done(line);
                             }
                             let Some(why) = bad else {
                                 return Some((Ok(lines), Some(s)));
@@ -129,13 +132,16 @@ pub fn native(node: Arc<str>, body: Body, meter: Meter) -> Lines {
                         // A last line without its newline is still a line.
                         let rest = s.partial.split().freeze();
                         let (good, done, bad) = check_lines(&rest);
+                        if let Some(line) = done {
+                            s.done(line);
+                        }
                         let mut out = BytesMut::from(&rest[..good]);
                         if !out.is_empty() && !out.ends_with(b"\n") {
                             out.extend_from_slice(b"\n");
                         }
                         match bad {
                             Some(why) => out.extend_from_slice(&s.failed(why)),
-                            None if !s.done && done.is_none() => out.extend_from_slice(
+                            None if !s.done => out.extend_from_slice(
                                 &s.failed("the node ended the stream without its done line".into()),
                             ),
                             None => {}
