@@ -504,10 +504,6 @@ where
     line
 }
 
-fn set(sim: &Sim, faults: Faults) {
-    sim.set_faults(faults);
-}
-
 fn heal_all(mesh: &Mesh) {
     for sim in mesh.sims() {
         sim.set_faults(Faults::default());
@@ -579,7 +575,7 @@ async fn nothing_is_lost_while_model_servers_misbehave() {
                     &label,
                     &mut mesh,
                     async |m| {
-                        set(m.sims()[victim], faults.clone());
+                        m.sims()[victim].set_faults(faults.clone());
                         tokio::time::sleep(phase(800, 20)).await;
                     },
                     async |m| heal_all(m),
